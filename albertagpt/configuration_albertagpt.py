@@ -1,0 +1,109 @@
+"""AlbertAGPT model configuration.
+
+This file is self-contained (it imports only transformers and huggingface_hub) because it is copied
+into Hub repositories as remote code next to `modeling_albertagpt.py`.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers.activations import ACT2FN
+from transformers.configuration_utils import PreTrainedConfig
+
+
+@strict
+class AlbertAGPTConfig(PreTrainedConfig):
+    r"""
+    Configuration of an AlbertAGPT model: a causal decoder with ALBERT's factorized embeddings
+    (`vocab_size` x `embedding_size`, then `embedding_size` -> `hidden_size`), cross-layer parameter
+    sharing (`num_hidden_layers` applications of `num_hidden_groups` distinct blocks) and a LayerNorm
+    after each sublayer (`h = LayerNorm(h + SubLayer(h))`).
+
+    Invalid combinations raise `ValueError` at creation, naming the offending field.
+
+    ```python
+    >>> from albertagpt import AlbertAGPTConfig, AlbertAGPTForCausalLM
+    >>> config = AlbertAGPTConfig(vocab_size=1000, hidden_size=64, num_attention_heads=4, intermediate_size=256)
+    >>> model = AlbertAGPTForCausalLM(config)
+    ```
+    """
+
+    model_type = "albertagpt"
+    keys_to_ignore_at_inference = ["cache"]
+    # Tensor-parallel plan of the base model: shared blocks shard like any other block.
+    base_model_tp_plan = {
+        "groups.*.self_attn.q_proj": "colwise",
+        "groups.*.self_attn.k_proj": "colwise",
+        "groups.*.self_attn.v_proj": "colwise",
+        "groups.*.self_attn.o_proj": "rowwise",
+        "groups.*.mlp.up_proj": "colwise",
+        "groups.*.mlp.down_proj": "rowwise",
+    }
+
+    vocab_size: int = 32000
+    embedding_size: int = 128
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_hidden_groups: int = 1
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu_pytorch_tanh"
+    max_position_embeddings: int = 1024
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    use_cache: bool = True
+    tie_word_embeddings: bool = True
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+
+    def __post_init__(self, **kwargs):
+        # Raised here rather than only in a `validate_*` hook so that callers get a plain `ValueError`.
+        self.validate_architecture()
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self) -> None:
+        """Checks every size and combination; each message names the field at fault."""
+        for field in (
+            "vocab_size",
+            "embedding_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_hidden_groups",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+        ):
+            value = getattr(self, field)
+            if value <= 0:
+                raise ValueError(f"`{field}` must be a positive integer, got {value}.")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
+                f"({self.num_attention_heads})."
+            )
+        if self.num_hidden_groups > self.num_hidden_layers:
+            raise ValueError(
+                f"`num_hidden_groups` ({self.num_hidden_groups}) cannot exceed `num_hidden_layers` "
+                f"({self.num_hidden_layers}): every group must be applied at least once."
+            )
+        if self.num_hidden_layers % self.num_hidden_groups != 0:
+            raise ValueError(
+                f"`num_hidden_groups` ({self.num_hidden_groups}) must divide `num_hidden_layers` "
+                f"({self.num_hidden_layers}) so that each group is applied equally often."
+            )
+        if self.hidden_act not in ACT2FN:
+            raise ValueError(
+                f"`hidden_act` {self.hidden_act!r} is not a known activation; choose one of {sorted(ACT2FN)}."
+            )
+        for field in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            value = getattr(self, field)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"`{field}` must lie in [0, 1), got {value}.")
+        if self.layer_norm_eps <= 0:
+            raise ValueError(f"`layer_norm_eps` must be positive, got {self.layer_norm_eps}.")
+        if self.initializer_range < 0:
+            raise ValueError(f"`initializer_range` must be non-negative, got {self.initializer_range}.")
+
+
+__all__ = ["AlbertAGPTConfig"]

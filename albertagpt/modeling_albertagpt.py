@@ -1,0 +1,433 @@
+"""AlbertAGPT: a causal decoder built from ALBERT's factorized embeddings, cross-layer parameter
+sharing and post-sublayer LayerNorm.
+
+The file reads in the order of the forward pass: embeddings, attention, MLP, the shared block, the
+pre-trained base, the model, the heads. It is self-contained (only `torch`, `transformers` and the
+sibling configuration file) because it is copied into Hub repositories as remote code.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple, logging
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+
+from .configuration_albertagpt import AlbertAGPTConfig
+
+logger = logging.get_logger(__name__)
+
+# One saved folder serves every Auto class; `save_pretrained` alone only records the saved class.
+AUTO_MAP = {
+    "AutoConfig": "configuration_albertagpt.AlbertAGPTConfig",
+    "AutoModel": "modeling_albertagpt.AlbertAGPTModel",
+    "AutoModelForCausalLM": "modeling_albertagpt.AlbertAGPTForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_albertagpt.AlbertAGPTForSequenceClassification",
+}
+
+
+class AlbertAGPTEmbeddings(nn.Module):
+    """Token + learned absolute position embeddings of width `embedding_size` (ALBERT's factorization)."""
+
+    def __init__(self, config: AlbertAGPTConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.embedding_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.embedding_size)
+        self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.LongTensor) -> torch.Tensor:
+        embeddings = inputs_embeds + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Unpack[TransformersKwargs],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value)
+    attn_output = attn_output.transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class AlbertAGPTAttention(nn.Module):
+    """Causal multi-head self-attention.
+
+    The module may be applied several times per forward pass (shared weights), so it holds no layer
+    index: the caller passes the index of the current *application*, which selects the KV-cache slot.
+    """
+
+    def __init__(self, config: AlbertAGPTConfig):
+        super().__init__()
+        self.config = config
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.num_key_value_groups = 1
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.is_causal = True
+
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        layer_idx: int,
+        cache: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+
+        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+
+        if cache is not None:
+            key_states, value_states = cache.update(key_states, value_states, layer_idx)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        return self.o_proj(attn_output), attn_weights
+
+
+class AlbertAGPTMLP(nn.Module):
+    def __init__(self, config: AlbertAGPTConfig):
+        super().__init__()
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.up_proj(hidden_states)))
+
+
+class AlbertAGPTLayer(GradientCheckpointingLayer):
+    """One block (ALBERT's layer, made causal): `h = LN(h + Attn(h))`, then `h = LN(h + MLP(h))`."""
+
+    def __init__(self, config: AlbertAGPTConfig):
+        super().__init__()
+        self.self_attn = AlbertAGPTAttention(config)
+        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = AlbertAGPTMLP(config)
+        self.post_feedforward_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        layer_idx: int = 0,
+        cache: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        attn_output, _ = self.self_attn(hidden_states, attention_mask, layer_idx, cache=cache, **kwargs)
+        hidden_states = self.post_attention_layernorm(hidden_states + self.dropout(attn_output))
+        mlp_output = self.mlp(hidden_states)
+        hidden_states = self.post_feedforward_layernorm(hidden_states + self.dropout(mlp_output))
+        return hidden_states
+
+
+class AlbertAGPTPreTrainedModel(PreTrainedModel):
+    config: AlbertAGPTConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["AlbertAGPTLayer"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+    # A shared block applied L times records L hidden states and L attention maps.
+    _can_record_outputs = {
+        "hidden_states": AlbertAGPTLayer,
+        "attentions": AlbertAGPTAttention,
+    }
+
+    def post_init(self) -> None:
+        super().post_init()
+        self.config.auto_map = {**AUTO_MAP, **getattr(self.config, "auto_map", {})}
+
+
+class AlbertAGPTModel(AlbertAGPTPreTrainedModel):
+    """Factorized embeddings, then `num_hidden_layers` applications of `num_hidden_groups` shared blocks."""
+
+    def __init__(self, config: AlbertAGPTConfig):
+        super().__init__(config)
+        self.embeddings = AlbertAGPTEmbeddings(config)
+        self.embedding_hidden_mapping_in = nn.Linear(config.embedding_size, config.hidden_size)
+        self.groups = nn.ModuleList([AlbertAGPTLayer(config) for _ in range(config.num_hidden_groups)])
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
+
+    def group_for_layer(self, layer_idx: int) -> AlbertAGPTLayer:
+        """ALBERT's assignment: consecutive applications share a group (layers 0..L/G-1 use group 0, ...)."""
+        return self.groups[layer_idx * self.config.num_hidden_groups // self.config.num_hidden_layers]
+
+    def check_positions(self, position_ids: torch.Tensor | None, past_length: int, input_length: int) -> None:
+        """Learned absolute positions end at `max_position_embeddings`: say so instead of an index error."""
+        if torch.compiler.is_compiling():
+            return
+        max_positions = self.config.max_position_embeddings
+        if position_ids is None:
+            last_position = past_length + input_length - 1
+        else:
+            last_position = int(position_ids.max()) if position_ids.numel() else -1
+        if last_position >= max_positions:
+            raise ValueError(
+                f"Position {last_position} is out of range: this model has learned positions only up to "
+                f"`max_position_embeddings` ({max_positions}); shorten the input (cached {past_length} + "
+                f"new {input_length} tokens)."
+            )
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embeddings.word_embeddings(input_ids)
+
+        # One cache slot per layer *application* (the config's `num_hidden_layers`), not per weight group.
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+
+        past_length = cache.get_seq_length() if cache is not None else 0
+        input_length = inputs_embeds.shape[1]
+        self.check_positions(position_ids, past_length, input_length)
+        if position_ids is None:
+            position_ids = torch.arange(input_length, device=inputs_embeds.device) + past_length
+            position_ids = position_ids.unsqueeze(0)
+
+        hidden_states = self.embeddings(inputs_embeds, position_ids)
+        hidden_states = self.embedding_hidden_mapping_in(hidden_states)
+
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=hidden_states,
+            attention_mask=attention_mask,
+            cache=cache,
+            position_ids=position_ids,
+        )
+
+        for layer_idx in range(self.config.num_hidden_layers):
+            hidden_states = self.group_for_layer(layer_idx)(
+                hidden_states,
+                attention_mask=causal_mask,
+                layer_idx=layer_idx,
+                cache=cache,
+                **kwargs,
+            )
+
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
+
+
+class AlbertAGPTLMHead(nn.Module):
+    """ALBERT's MLM head as the LM head: H -> E, activation, LayerNorm, then the tied E -> V decoder."""
+
+    def __init__(self, config: AlbertAGPTConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.embedding_size)
+        self.act_fn = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.embedding_size, config.vocab_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.LayerNorm(self.act_fn(self.dense(hidden_states))))
+
+
+class AlbertAGPTForCausalLM(AlbertAGPTPreTrainedModel, GenerationMixin):
+    # weight tying: the factorized head decodes with the token embedding matrix
+    _tied_weights_keys = {"lm_head.decoder.weight": "model.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config: AlbertAGPTConfig):
+        super().__init__(config)
+        self.model = AlbertAGPTModel(config)
+        self.lm_head = AlbertAGPTLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        self.lm_head.decoder = new_embeddings
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> CausalLMOutputWithPast:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Token ids to predict; they are shifted inside, so pass `labels = input_ids`. `-100` is ignored.
+            With `num_items_in_batch` (passed by `Trainer`) the loss is exact under gradient accumulation.
+        logits_to_keep (`int` or `torch.Tensor`, *optional*):
+            Compute logits only for the last `logits_to_keep` positions (`0` keeps all); `generate` uses 1.
+        """
+        outputs: BaseModelOutputWithPast = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        logits = self.lm_head(hidden_states)
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class AlbertAGPTForSequenceClassification(AlbertAGPTPreTrainedModel):
+    """Classifies a sequence from the hidden state of its last non-pad token (as GPT-2 does)."""
+
+    def __init__(self, config: AlbertAGPTConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = AlbertAGPTModel(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embeddings.word_embeddings = value
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> SequenceClassifierOutputWithPast:
+        r"""
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Class indices (cross-entropy), or float targets when `config.num_labels == 1` (regression).
+        """
+        outputs: BaseModelOutputWithPast = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        logits = self.score(outputs.last_hidden_state)
+        batch_size = logits.shape[0]
+
+        pad_token_id = self.config.pad_token_id
+        if pad_token_id is None and batch_size != 1:
+            raise ValueError("Cannot pool batches of more than one sequence when `pad_token_id` is not set.")
+        if pad_token_id is None or input_ids is None:
+            if input_ids is None:
+                logger.warning_once("Padding is not detected in `inputs_embeds`: pooling the last position.")
+            last_token = torch.full((batch_size,), -1, device=logits.device)
+        else:
+            # The rightmost non-pad token handles both left and right padding.
+            non_pad = (input_ids != pad_token_id).to(logits.device, torch.int32)
+            positions = torch.arange(input_ids.shape[-1], device=logits.device, dtype=torch.int32)
+            last_token = (positions * non_pad).argmax(-1)
+        pooled_logits = logits[torch.arange(batch_size, device=logits.device), last_token]
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, pooled_logits=pooled_logits, config=self.config)
+
+        return SequenceClassifierOutputWithPast(
+            loss=loss,
+            logits=pooled_logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+__all__ = [
+    "AlbertAGPTPreTrainedModel",
+    "AlbertAGPTModel",
+    "AlbertAGPTForCausalLM",
+    "AlbertAGPTForSequenceClassification",
+]
