@@ -1,0 +1,104 @@
+"""Saved folders hold safetensors + remote code and load identically, with and without the package."""
+
+import json
+from pathlib import Path
+
+import torch
+from helpers import make_hub_snapshot, run_without_package, tiny_config
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from albertagpt import AlbertAGPTForCausalLM, AlbertAGPTForSequenceClassification, AlbertAGPTModel
+
+INPUT_IDS = [[5, 17, 33, 8, 61, 2], [9, 4, 4, 90, 12, 3]]
+
+
+def saved_model(tmp_path: Path) -> tuple[AlbertAGPTForCausalLM, Path]:
+    torch.manual_seed(0)
+    model = AlbertAGPTForCausalLM(tiny_config(initializer_range=0.3)).eval()
+    model.save_pretrained(tmp_path / "model")
+    return model, tmp_path / "model"
+
+
+def test_save_pretrained_writes_safetensors_auto_map_and_the_model_files(tmp_path: Path) -> None:
+    _, folder = saved_model(tmp_path)
+    files = {p.name for p in folder.iterdir()}
+    assert {"model.safetensors", "config.json", "generation_config.json"} <= files
+    assert {"configuration_albertagpt.py", "modeling_albertagpt.py"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert auto_map == {
+        "AutoConfig": "configuration_albertagpt.AlbertAGPTConfig",
+        "AutoModel": "modeling_albertagpt.AlbertAGPTModel",
+        "AutoModelForCausalLM": "modeling_albertagpt.AlbertAGPTForCausalLM",
+        "AutoModelForSequenceClassification": "modeling_albertagpt.AlbertAGPTForSequenceClassification",
+    }
+
+
+def test_the_copied_model_files_are_the_package_files(tmp_path: Path) -> None:
+    _, folder = saved_model(tmp_path)
+    package = Path(__file__).resolve().parents[1] / "albertagpt"
+    for name in ("configuration_albertagpt.py", "modeling_albertagpt.py"):
+        assert (folder / name).read_text() == (package / name).read_text()
+
+
+def test_every_auto_class_loads_the_saved_folder_with_identical_logits(tmp_path: Path) -> None:
+    model, folder = saved_model(tmp_path)
+    input_ids = torch.tensor(INPUT_IDS)
+    loaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert type(loaded) is AlbertAGPTForCausalLM
+    assert loaded.lm_head.decoder.weight is loaded.model.embeddings.word_embeddings.weight
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids).logits, model(input_ids).logits)
+        base = AutoModel.from_pretrained(folder).eval()
+        assert type(base) is AlbertAGPTModel
+        assert torch.equal(base(input_ids).last_hidden_state, model.model(input_ids).last_hidden_state)
+    classifier = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=3)
+    assert type(classifier) is AlbertAGPTForSequenceClassification
+
+
+def test_hub_snapshot_loads_with_remote_code_where_the_package_cannot_be_imported(tmp_path: Path) -> None:
+    model, folder = saved_model(tmp_path)
+    make_hub_snapshot(folder, tmp_path / "hub", "org/name")
+    code = f"""
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+model = AutoModelForCausalLM.from_pretrained("org/name", trust_remote_code=True).eval()
+with torch.no_grad():
+    logits = model(torch.tensor({INPUT_IDS})).logits
+generated = model.generate(torch.tensor([[5, 17, 33]]), max_new_tokens=5, min_new_tokens=5, do_sample=False)
+base = AutoModel.from_pretrained("org/name", trust_remote_code=True)
+classifier = AutoModelForSequenceClassification.from_pretrained("org/name", trust_remote_code=True, num_labels=2)
+print(json.dumps({{
+    "class": type(model).__name__,
+    "module": type(model).__module__,
+    "logits": logits.tolist(),
+    "generated": generated.tolist(),
+    "base": type(base).__name__,
+    "classifier": type(classifier).__name__,
+}}))
+"""
+    result = run_without_package(code, tmp_path / "hub", tmp_path)
+    assert result["class"] == "AlbertAGPTForCausalLM"
+    assert result["module"].startswith("transformers_modules.")
+    assert (result["base"], result["classifier"]) == ("AlbertAGPTModel", "AlbertAGPTForSequenceClassification")
+    with torch.no_grad():
+        expected = model(torch.tensor(INPUT_IDS)).logits
+        expected_generation = model.generate(
+            torch.tensor([[5, 17, 33]]), max_new_tokens=5, min_new_tokens=5, do_sample=False
+        )
+    assert torch.equal(torch.tensor(result["logits"]), expected)
+    assert result["generated"] == expected_generation.tolist()
+
+
+def test_bfloat16_with_device_map_auto(tmp_path: Path) -> None:
+    model, folder = saved_model(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, device_map="auto", dtype=torch.bfloat16)
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    assert {p.device.type for p in loaded.parameters()} == {"cuda" if torch.cuda.is_available() else "cpu"}
+    assert loaded.lm_head.decoder.weight is loaded.model.embeddings.word_embeddings.weight
+    input_ids = torch.tensor(INPUT_IDS)
+    with torch.no_grad():
+        bf16 = loaded(input_ids).logits.float()
+        fp32 = model(input_ids).logits
+    assert (bf16.argmax(-1) == fp32.argmax(-1)).float().mean() > 0.8
+    torch.testing.assert_close(bf16, fp32, atol=0.25, rtol=0.05)
