@@ -6,10 +6,13 @@ pre-trained base, the model, the heads. It is self-contained (only `torch`, `tra
 sibling configuration file) because it is copied into Hub repositories as remote code.
 """
 
+import os
+import re
 from collections.abc import Callable
 
 import torch
 from torch import nn
+from transformers import AutoConfig
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
@@ -21,6 +24,7 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
+from transformers.models.albert import AlbertConfig, AlbertForMaskedLM
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
@@ -352,6 +356,43 @@ class AlbertAGPTForCausalLM(AlbertAGPTPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
         )
 
+    @classmethod
+    def from_albert(cls, model_or_path: AlbertForMaskedLM | str | os.PathLike) -> "AlbertAGPTForCausalLM":
+        r"""
+        Warm-starts a causal LM from an ALBERT masked LM: ALBERT's weights under AlbertAGPT's names (see
+        `ALBERT_TO_ALBERTAGPT`), with ALBERT's sizes, groups, activation, `layer_norm_eps`, positions and special
+        token ids. The result computes exactly what ALBERT computes on one segment with causal attention.
+
+        Args:
+            model_or_path (`AlbertForMaskedLM`, `str` or `os.PathLike`):
+                A loaded model, or a local folder or Hub id holding one (to pick a revision or pass a token, load
+                the `AlbertForMaskedLM` yourself and pass it).
+
+        ```python
+        >>> model = AlbertAGPTForCausalLM.from_albert("albert/albert-base-v2")
+        >>> model.save_pretrained("albertagpt-base-v2")
+        ```
+        """
+        if isinstance(model_or_path, (str, os.PathLike)):
+            albert_config = AutoConfig.from_pretrained(model_or_path)
+            if not isinstance(albert_config, AlbertConfig):
+                raise ValueError(
+                    f"{str(model_or_path)!r} holds a model with `model_type` {albert_config.model_type!r}, "
+                    "not an ALBERT one ('albert')."
+                )
+            albertagpt_config_from_albert(albert_config)  # refuse an unsupported variant before loading its weights
+            albert = AlbertForMaskedLM.from_pretrained(model_or_path, config=albert_config)
+        elif isinstance(model_or_path, AlbertForMaskedLM):
+            albert = model_or_path
+        else:
+            raise TypeError(
+                "`model_or_path` must be an `AlbertForMaskedLM`, a folder or a Hub id, "
+                f"got {type(model_or_path).__name__}."
+            )
+        model = cls(albertagpt_config_from_albert(albert.config))
+        model.load_state_dict(albertagpt_state_dict_from_albert(albert.state_dict()))
+        return model.to(albert.dtype).eval()
+
 
 class AlbertAGPTForSequenceClassification(AlbertAGPTPreTrainedModel):
     """Classifies a sequence from the hidden state of its last non-pad token (as GPT-2 does)."""
@@ -423,6 +464,100 @@ class AlbertAGPTForSequenceClassification(AlbertAGPTPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+
+
+# Warm start from ALBERT. AlbertAGPT's block is ALBERT's, made causal, and ALBERT's MLM head has the shape of the LM
+# head, so an `AlbertForMaskedLM` converts by renaming its modules (each parameter keeps its `weight`/`bias`).
+# `*` stands for the layer group; ALBERT nests one layer in each group (`inner_group_num = 1`).
+ALBERT_LAYER = "albert.encoder.albert_layer_groups.*.albert_layers.0"
+ALBERT_TO_ALBERTAGPT = {
+    "albert.embeddings.word_embeddings": "model.embeddings.word_embeddings",
+    "albert.embeddings.position_embeddings": "model.embeddings.position_embeddings",  # + token type 0, see below
+    "albert.embeddings.LayerNorm": "model.embeddings.LayerNorm",
+    "albert.encoder.embedding_hidden_mapping_in": "model.embedding_hidden_mapping_in",
+    f"{ALBERT_LAYER}.attention.query": "model.groups.*.self_attn.q_proj",
+    f"{ALBERT_LAYER}.attention.key": "model.groups.*.self_attn.k_proj",
+    f"{ALBERT_LAYER}.attention.value": "model.groups.*.self_attn.v_proj",
+    f"{ALBERT_LAYER}.attention.dense": "model.groups.*.self_attn.o_proj",
+    f"{ALBERT_LAYER}.attention.LayerNorm": "model.groups.*.post_attention_layernorm",
+    f"{ALBERT_LAYER}.ffn": "model.groups.*.mlp.up_proj",
+    f"{ALBERT_LAYER}.ffn_output": "model.groups.*.mlp.down_proj",
+    f"{ALBERT_LAYER}.full_layer_layer_norm": "model.groups.*.post_feedforward_layernorm",
+    "predictions.dense": "lm_head.dense",
+    "predictions.LayerNorm": "lm_head.LayerNorm",
+    "predictions.decoder": "lm_head.decoder",
+}
+# A causal LM reads one segment, so ALBERT's token type 0 is a constant added next to the position embeddings before
+# the embedding LayerNorm: folding it into them is exact. `predictions.bias` is a second name of the decoder's bias.
+ALBERT_TOKEN_TYPE_EMBEDDINGS = "albert.embeddings.token_type_embeddings.weight"
+ALBERT_DECODER_BIAS_ALIAS = "predictions.bias"
+# Fields with the same name and meaning in both configs. ALBERT's `type_vocab_size` is folded away (above) and its
+# `classifier_dropout_prob` belongs to the sentence-order head, which is not converted.
+ALBERT_SHARED_CONFIG_FIELDS = (
+    "vocab_size",
+    "embedding_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_hidden_groups",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "max_position_embeddings",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "layer_norm_eps",
+    "initializer_range",
+    "tie_word_embeddings",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+)
+
+
+def albertagpt_config_from_albert(albert_config: AlbertConfig) -> AlbertAGPTConfig:
+    """The `AlbertAGPTConfig` of an ALBERT model's shape; variants AlbertAGPT cannot express raise `ValueError`.
+
+    Dropout differs in one place, in training only: ALBERT applies `hidden_dropout_prob` after attention but not
+    after its feed-forward, AlbertAGPT after both (ALBERT v2 checkpoints set both dropouts to 0).
+    """
+    if albert_config.inner_group_num != 1:
+        raise ValueError(
+            f"ALBERT's `inner_group_num` is {albert_config.inner_group_num}: AlbertAGPT applies one layer per group, "
+            "so only checkpoints with `inner_group_num=1` convert."
+        )
+    position_embedding_type = getattr(albert_config, "position_embedding_type", "absolute")
+    if position_embedding_type != "absolute":
+        raise ValueError(
+            f"ALBERT's `position_embedding_type` is {position_embedding_type!r}: AlbertAGPT learns absolute "
+            "positions, so only checkpoints with `position_embedding_type='absolute'` convert."
+        )
+    fields = {field: getattr(albert_config, field) for field in ALBERT_SHARED_CONFIG_FIELDS}
+    # ALBERT's configs store dropouts as `0`, which AlbertAGPT's strict config would reject as an int.
+    for field in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        fields[field] = float(fields[field])
+    return AlbertAGPTConfig(**fields)
+
+
+def albertagpt_name_from_albert(albert_name: str) -> str:
+    """Translates one `AlbertForMaskedLM` parameter name through `ALBERT_TO_ALBERTAGPT`."""
+    for albert_module, albertagpt_module in ALBERT_TO_ALBERTAGPT.items():
+        pattern = re.escape(albert_module).replace(r"\*", r"(?P<group>\d+)") + r"\.(?P<parameter>weight|bias)"
+        if match := re.fullmatch(pattern, albert_name):
+            albertagpt_module = albertagpt_module.replace("*", match.groupdict().get("group", ""))
+            return f"{albertagpt_module}.{match['parameter']}"
+    raise ValueError(f"ALBERT parameter {albert_name!r} has no counterpart in AlbertAGPT.")
+
+
+def albertagpt_state_dict_from_albert(albert_state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Renames an `AlbertForMaskedLM` state dict for `AlbertAGPTForCausalLM`, folding token type 0 into positions."""
+    state_dict = {
+        albertagpt_name_from_albert(name): tensor
+        for name, tensor in albert_state_dict.items()
+        if name not in (ALBERT_TOKEN_TYPE_EMBEDDINGS, ALBERT_DECODER_BIAS_ALIAS)
+    }
+    positions = "model.embeddings.position_embeddings.weight"
+    state_dict[positions] = state_dict[positions] + albert_state_dict[ALBERT_TOKEN_TYPE_EMBEDDINGS][0]
+    return state_dict
 
 
 __all__ = [
