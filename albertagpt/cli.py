@@ -1,0 +1,70 @@
+"""The one argument model of every script: a recipe dataclass, filled from `--config recipe.yaml` and then
+from `--field value` overrides on the command line.
+
+Each dataclass field is a flag (transformers' `HfArgumentParser` turns the type hints and `help` metadata
+into argparse options). An unknown field, in the YAML file or on the command line, is an error naming it.
+"""
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from transformers import HfArgumentParser
+
+Recipe = TypeVar("Recipe")
+
+
+def field_names(recipe_type: type) -> list[str]:
+    return [item.name for item in fields(recipe_type) if item.init]
+
+
+def check_field_names(recipe_type: type, names: Sequence[str], where: str) -> None:
+    unknown = [name for name in names if name not in field_names(recipe_type)]
+    if unknown:
+        raise ValueError(
+            f"Unknown field(s) {', '.join(map(repr, unknown))} in {where}; "
+            f"{recipe_type.__name__} has: {', '.join(field_names(recipe_type))}."
+        )
+
+
+def read_yaml_recipe(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Recipe file {str(path)!r} does not exist.")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"Recipe file {str(path)!r} must hold a mapping of field: value.")
+    return values
+
+
+def load_recipe(recipe_type: type[Recipe], config: str | Path | None = None, **overrides) -> Recipe:
+    """The recipe of a YAML file with `overrides` applied, for callers in Python (tests, notebooks)."""
+    values = read_yaml_recipe(config) if config is not None else {}
+    check_field_names(recipe_type, list(values), f"recipe file {str(config)!r}")
+    check_field_names(recipe_type, list(overrides), "the overrides")
+    return recipe_type(**{**values, **overrides})
+
+
+def parse_recipe(recipe_type: type[Recipe], argv: Sequence[str] | None = None, description: str = "") -> Recipe:
+    """`[--config recipe.yaml] [--field value ...]` -> `recipe_type`; `--help` lists every field."""
+    config_parser = argparse.ArgumentParser(add_help=False)
+    config_parser.add_argument("--config", help="YAML file with field: value lines; flags override it.")
+    known, rest = config_parser.parse_known_args(argv)
+
+    parser = HfArgumentParser(recipe_type, description=description, parents=[config_parser], allow_abbrev=False)
+    if known.config is not None:
+        values = read_yaml_recipe(known.config)
+        check_field_names(recipe_type, list(values), f"recipe file {known.config!r}")
+        parser.set_defaults(**values)  # argparse still converts string values with the field's type
+    recipe, *_, unknown = parser.parse_args_into_dataclasses(rest, return_remaining_strings=True)
+    if unknown:
+        flags = [item.removeprefix("--") for item in unknown if item.startswith("--")]
+        check_field_names(recipe_type, flags, "the command line")
+        raise ValueError(f"Unexpected command-line arguments {unknown}: give fields as `--field value`.")
+    return recipe
+
+
+__all__ = ["load_recipe", "parse_recipe"]

@@ -1,0 +1,585 @@
+"""Pretraining with Accelerate: one loop from one CPU to many GPUs and nodes.
+
+The loop is one visible sequence per optimizer step: `gradient_accumulation_steps` micro-batches
+(forward, backward), a check that the loss is finite, gradient clipping, AdamW step, scheduler step,
+then logging, held-out evaluation with a generated sample, and an atomic checkpoint.
+
+Resuming is exact: a checkpoint holds Accelerate's state (model, optimizer, every rank's RNG) plus the
+scheduler and the loop's own progress (optimizer steps done, epoch, micro-batches consumed in the
+epoch); the data order is re-created by seeding the sampler per epoch and skipping the consumed
+batches with `skip_first_batches`.
+"""
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.tracking import GeneralTracker
+from accelerate.utils import GradientAccumulationPlugin, set_seed
+from datasets import IterableDataset
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DataCollatorForLanguageModeling,
+    PreTrainedTokenizerBase,
+    SchedulerType,
+    get_scheduler,
+)
+
+from .configuration_albertagpt import AlbertAGPTConfig
+from .data import TextSource, iter_texts, load_text_splits, pack_into_blocks
+from .modeling_albertagpt import AlbertAGPTForCausalLM
+from .tokenizer import train_tokenizer
+
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+TEMPORARY_PREFIX = ".tmp-"  # a checkpoint being written; never matches CHECKPOINT_NAME
+METRICS_FILE = "metrics.jsonl"
+RECIPE_FILE = "training_recipe.json"
+MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
+
+
+@dataclass
+class TrainingRecipe(TextSource):
+    """Every field of a `configs/train/*.yaml` recipe; each can be overridden as `--field value`."""
+
+    output_dir: str = field(default="runs/albertagpt", metadata={"help": "Final model, checkpoints, metrics."})
+    model_config: str = field(
+        default="configs/model/tiny.json",
+        metadata={"help": "A model config JSON (train from scratch) or a saved model folder (continue from it)."},
+    )
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "Tokenizer folder; when absent, one is trained on the training split."}
+    )
+    vocab_size: int = field(default=8000, metadata={"help": "Vocabulary of the tokenizer trained when none is given."})
+    block_size: int = field(default=128, metadata={"help": "Tokens per training row."})
+    per_device_train_batch_size: int = 16
+    per_device_eval_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW decay of matrices (not of norms and biases)."})
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Any transformers `SchedulerType`."})
+    warmup_steps: int = 100
+    max_steps: int = 1000
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the global gradient norm (0: no clipping)."})
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={"help": "no, bf16 (also on CPU) or fp16 (GPU only); unset: what `accelerate launch` says (no)."},
+    )
+    seed: int = 42
+    logging_steps: int = 10
+    eval_steps: int = 200
+    max_eval_batches: int | None = field(default=None, metadata={"help": "Cap on held-out batches per evaluation."})
+    checkpointing_steps: int = 500
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep only the newest N checkpoints."})
+    report_to: list[str] = field(
+        default_factory=lambda: ["tensorboard"],
+        metadata={"help": "Accelerate trackers besides metrics.jsonl (tensorboard, wandb, ...) or none."},
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "A checkpoint folder, or `latest` (the newest one in output_dir, if any)."}
+    )
+    sample_prompt: str = field(default="", metadata={"help": "Start of the sample generated at each evaluation."})
+    sample_max_new_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in (
+            "vocab_size",
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "max_steps",
+            "logging_steps",
+            "eval_steps",
+            "checkpointing_steps",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
+        if self.learning_rate <= 0:
+            raise ValueError(f"`learning_rate` must be positive, got {self.learning_rate}.")
+        if self.warmup_steps < 0 or self.max_grad_norm < 0 or self.weight_decay < 0:
+            raise ValueError("`warmup_steps`, `max_grad_norm` and `weight_decay` must not be negative.")
+        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISION_CHOICES:
+            raise ValueError(
+                f"`mixed_precision` must be one of {MIXED_PRECISION_CHOICES}, got {self.mixed_precision!r}."
+            )
+        schedulers = [item.value for item in SchedulerType]
+        if self.lr_scheduler_type not in schedulers:
+            raise ValueError(f"`lr_scheduler_type` must be one of {schedulers}, got {self.lr_scheduler_type!r}.")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise ValueError(f"`save_total_limit` must be at least 1 (or unset), got {self.save_total_limit}.")
+
+
+@dataclass
+class TrainingProgress:
+    """The loop's own state, saved in every checkpoint (`accelerator.step` counts micro-batches and is not saved)."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches of `epoch` consumed on this process
+
+    def state_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
+
+@dataclass
+class TrainingResult:
+    output_dir: Path
+    model: AlbertAGPTForCausalLM
+    tokenizer: PreTrainedTokenizerBase
+    initial_eval_loss: float | None  # None when resumed: the "before" number belongs to the first run
+    final_eval_loss: float
+    sample: str
+
+    @property
+    def initial_perplexity(self) -> float | None:
+        return None if self.initial_eval_loss is None else math.exp(self.initial_eval_loss)
+
+    @property
+    def final_perplexity(self) -> float:
+        return math.exp(self.final_eval_loss)
+
+
+class JsonlTracker(GeneralTracker):
+    """An Accelerate tracker writing one JSON object per `accelerator.log` call to `output_dir/metrics.jsonl`.
+
+    At start (after a checkpoint was loaded into `progress`) it keeps only the rows up to the resumed step,
+    so that a resumed run does not repeat the steps a killed run had logged after its last checkpoint.
+    """
+
+    name = "jsonl"
+    requires_logging_directory = False
+
+    def __init__(self, path: Path, progress: TrainingProgress):
+        super().__init__()
+        self.path = path
+        self.progress = progress
+
+    @property
+    def tracker(self) -> Path:
+        return self.path
+
+    def start(self) -> None:
+        resumed_step = self.progress.step
+        kept = [row for row in read_metrics(self.path) if row["step"] <= resumed_step] if resumed_step else []
+        self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+
+    def log(self, values: dict, step: int | None = None, **kwargs) -> None:
+        with self.path.open("a") as file:
+            file.write(json.dumps({"step": step, **values}) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a `metrics.jsonl` file (empty when it does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Finished `checkpoint-<step>` folders, oldest first; temporary folders of an interrupted write never match."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [(int(match[1]), path) for path in output_dir.iterdir() if (match := CHECKPOINT_NAME.match(path.name))]
+    return [path for _, path in sorted(found) if path.is_dir()]
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    checkpoints = list_checkpoints(output_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def resolve_checkpoint(recipe: TrainingRecipe) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh run (also `latest` when there is none yet)."""
+    if recipe.resume_from_checkpoint is None:
+        existing = list_checkpoints(recipe.output_dir)
+        if existing:
+            raise ValueError(
+                f"`output_dir` {recipe.output_dir!r} already holds checkpoints ({existing[-1].name}, ...): pass "
+                "`--resume_from_checkpoint latest` to continue that run, or choose another `output_dir`."
+            )
+        return None
+    if recipe.resume_from_checkpoint == "latest":
+        return latest_checkpoint(recipe.output_dir)
+    path = Path(recipe.resume_from_checkpoint)
+    if not path.is_dir():
+        raise FileNotFoundError(f"`resume_from_checkpoint` {str(path)!r} is not a checkpoint folder.")
+    return path
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    output_dir: Path,
+    step: int,
+    tokenizer: PreTrainedTokenizerBase,
+    save_total_limit: int | None,
+) -> Path:
+    """Writes `checkpoint-<step>` atomically: everything goes into a temporary folder that is then renamed.
+
+    A process killed during the write leaves only the temporary folder, which `latest` ignores and the
+    next save of that step replaces.
+    """
+    final = output_dir / f"checkpoint-{step}"
+    temporary = output_dir / f"{TEMPORARY_PREFIX}{final.name}"
+    if accelerator.is_main_process and temporary.exists():
+        shutil.rmtree(temporary)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary))  # every rank writes its own RNG state into it
+    if accelerator.is_main_process:
+        tokenizer.save_pretrained(temporary)
+        if final.exists():  # a finished run re-saved at the same step
+            shutil.rmtree(final)
+        os.replace(temporary, final)
+        if save_total_limit is not None:
+            for old in list_checkpoints(output_dir)[:-save_total_limit]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# -------------------------------------------------------------------------------------------------- set-up
+
+
+def read_model_config(model_config: str) -> AlbertAGPTConfig:
+    """The architecture of a config JSON or of a saved model folder (for checks before anything is built)."""
+    path = Path(model_config)
+    if path.is_dir():
+        return AutoConfig.from_pretrained(path)
+    if path.is_file():
+        return AlbertAGPTConfig.from_json_file(path)
+    raise FileNotFoundError(f"`model_config` {model_config!r} is neither a config JSON file nor a model folder.")
+
+
+def has_tokenizer(folder: str | Path) -> bool:
+    return (Path(folder) / "tokenizer_config.json").is_file()
+
+
+def prepare_tokenizer(
+    recipe: TrainingRecipe, accelerator: Accelerator, checkpoint: Path | None, train_split
+) -> PreTrainedTokenizerBase:
+    """The checkpoint's tokenizer when resuming, else the recipe's, else the model folder's, else a new one.
+
+    A new one is trained on the training split by the main process and saved to `output_dir`, where the
+    other processes load it.
+    """
+    for candidate in (checkpoint, recipe.tokenizer, recipe.model_config):
+        if candidate is not None and has_tokenizer(candidate):
+            return AutoTokenizer.from_pretrained(candidate)
+    if recipe.tokenizer is not None:
+        raise FileNotFoundError(f"`tokenizer` {recipe.tokenizer!r} is not a tokenizer folder.")
+    if accelerator.is_main_process:
+        say(
+            accelerator,
+            f"Training a byte-level BPE tokenizer (vocab_size <= {recipe.vocab_size}) on the training split",
+        )
+        tokenizer = train_tokenizer(iter_texts(train_split, recipe.text_column), recipe.vocab_size)
+        tokenizer.save_pretrained(recipe.output_dir)
+    accelerator.wait_for_everyone()
+    return AutoTokenizer.from_pretrained(recipe.output_dir)
+
+
+def build_model(recipe: TrainingRecipe, tokenizer: PreTrainedTokenizerBase) -> AlbertAGPTForCausalLM:
+    """A new model whose vocabulary is the tokenizer's, or the saved model to continue from."""
+    path = Path(recipe.model_config)
+    if path.is_dir():
+        model = AutoModelForCausalLM.from_pretrained(path)
+        if len(tokenizer) > model.config.vocab_size:
+            raise ValueError(
+                f"The tokenizer has {len(tokenizer)} tokens but the model in {str(path)!r} only "
+                f"`vocab_size` {model.config.vocab_size}: use that model's tokenizer."
+            )
+        return model
+    values = read_model_config(recipe.model_config).to_dict()
+    values.update(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return AlbertAGPTForCausalLM(AlbertAGPTConfig.from_dict(values))
+
+
+def check_weight_tying(model: torch.nn.Module) -> None:
+    """`prepare` (DDP, FSDP, DeepSpeed) must keep the head decoding with the token embedding matrix."""
+    if (
+        model.config.tie_word_embeddings
+        and model.get_output_embeddings().weight is not model.get_input_embeddings().weight
+    ):
+        raise RuntimeError("The LM head is no longer tied to the token embeddings after `accelerator.prepare`.")
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: matrices (linear and embedding weights) decay; norms and biases (vectors) do not."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():  # yields a tied parameter once
+        if parameter.requires_grad:
+            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_dataloader(blocks, batch_size: int, collator, seed: int, shuffle: bool) -> DataLoader:
+    """Its own generator: an iterator without one draws a seed from the global RNG and shifts dropout on resume."""
+    generator = torch.Generator().manual_seed(seed)
+    iterable = isinstance(blocks, IterableDataset)
+    if iterable and shuffle:
+        blocks = blocks.shuffle(seed=seed, buffer_size=10_000)
+    return DataLoader(
+        blocks,
+        batch_size=batch_size,
+        shuffle=shuffle and not iterable,
+        drop_last=shuffle,  # equal batches on every rank: two processes then see what one process sees
+        collate_fn=collator,
+        generator=generator,
+    )
+
+
+def micro_batches(dataloader, accelerator: Accelerator, progress: TrainingProgress):
+    """Endless training batches; the same order after a resume (per-epoch seed + skipping consumed batches)."""
+    while True:
+        epoch_loader = dataloader
+        if progress.batches_in_epoch:
+            epoch_loader = accelerator.skip_first_batches(dataloader, progress.batches_in_epoch)
+        epoch_loader.set_epoch(progress.epoch)
+        yielded = False
+        for batch in epoch_loader:
+            yielded = True
+            progress.batches_in_epoch += 1
+            yield batch
+        if not yielded and progress.batches_in_epoch == 0:
+            raise ValueError("The training data does not fill a single batch: lower the batch size or add data.")
+        progress.epoch += 1
+        progress.batches_in_epoch = 0
+
+
+def say(accelerator: Accelerator, message: str) -> None:
+    if accelerator.is_main_process:
+        tqdm.write(message)
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(model, dataloader, accelerator: Accelerator, max_batches: int | None) -> float:
+    """Mean held-out loss per token over all blocks (every block has `block_size` tokens)."""
+    model.eval()
+    losses = []
+    for index, batch in enumerate(dataloader):
+        if max_batches is not None and index >= max_batches:
+            break
+        loss = model(**batch).loss.detach().float()
+        losses.append(accelerator.gather_for_metrics(loss.repeat(len(batch["input_ids"]))))
+    model.train()
+    return torch.cat(losses).mean().item()
+
+
+@torch.no_grad()
+def generate_sample(model, tokenizer, accelerator: Accelerator, prompt: str, max_new_tokens: int, seed: int) -> str:
+    """A sampled continuation of `</s>` + `prompt` (documents follow `</s>` in the packed training data).
+
+    It runs on a forked RNG so that evaluating never changes the training run's random stream.
+    """
+    model = accelerator.unwrap_model(model)
+    model.eval()
+    ids = [tokenizer.eos_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    input_ids = torch.tensor([ids], device=accelerator.device)
+    device = accelerator.device
+    with torch.random.fork_rng(devices=[] if device.type == "cpu" else None, device_type=device.type):
+        torch.manual_seed(seed)
+        output = model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=True,
+            top_k=50,
+            temperature=0.8,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    model.train()
+    return prompt + tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True)
+
+
+# ------------------------------------------------------------------------------------------------- the loop
+
+
+def train(recipe: TrainingRecipe) -> TrainingResult:
+    """Runs (or resumes) a pretraining run and saves the final model and tokenizer in `recipe.output_dir`."""
+    output_dir = Path(recipe.output_dir)
+    model_config = read_model_config(recipe.model_config)
+    if recipe.block_size > model_config.max_position_embeddings:
+        raise ValueError(
+            f"`block_size` ({recipe.block_size}) exceeds the model's `max_position_embeddings` "
+            f"({model_config.max_position_embeddings})."
+        )
+    checkpoint = resolve_checkpoint(recipe)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    trackers = [name for name in recipe.report_to if name != "none"]
+    progress = TrainingProgress()
+    accelerator = Accelerator(
+        mixed_precision=recipe.mixed_precision,
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=recipe.gradient_accumulation_steps, sync_with_dataloader=False
+        ),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.seed),
+        log_with=[JsonlTracker(output_dir / METRICS_FILE, progress), *trackers],
+        project_dir=str(output_dir),
+    )
+
+    with accelerator.main_process_first():  # the main process fills the `datasets` cache, the others reuse it
+        splits = load_text_splits(recipe)
+    tokenizer = prepare_tokenizer(recipe, accelerator, checkpoint, splits["train"])
+    with accelerator.main_process_first():
+        train_blocks = pack_into_blocks(splits["train"], tokenizer, recipe.block_size, recipe.text_column)
+        eval_blocks = pack_into_blocks(splits["validation"], tokenizer, recipe.block_size, recipe.text_column)
+
+    set_seed(recipe.seed)  # the same initial weights on every process and in every run of this recipe
+    model = build_model(recipe, tokenizer)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, recipe.weight_decay),
+        lr=recipe.learning_rate,
+        betas=(recipe.adam_beta1, recipe.adam_beta2),
+    )
+    # Kept out of `prepare`, which would step it once per process; it steps once per optimizer step.
+    scheduler = get_scheduler(
+        recipe.lr_scheduler_type, optimizer, num_warmup_steps=recipe.warmup_steps, num_training_steps=recipe.max_steps
+    )
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    train_loader = make_dataloader(train_blocks, recipe.per_device_train_batch_size, collator, recipe.seed, True)
+    eval_loader = make_dataloader(eval_blocks, recipe.per_device_eval_batch_size, collator, recipe.seed, False)
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    check_weight_tying(accelerator.unwrap_model(model))
+
+    accelerator.register_for_checkpointing(progress, scheduler)
+    if checkpoint is not None:
+        say(accelerator, f"Resuming from {checkpoint}")
+        accelerator.load_state(str(checkpoint))
+    if accelerator.is_main_process:
+        (output_dir / RECIPE_FILE).write_text(json.dumps(asdict(recipe), indent=2) + "\n")
+    accelerator.init_trackers("tensorboard", config=tracker_config(recipe))
+
+    def evaluate_and_log(step: int) -> tuple[float, str]:
+        eval_loss = evaluate(model, eval_loader, accelerator, recipe.max_eval_batches)
+        sample = generate_sample(
+            model, tokenizer, accelerator, recipe.sample_prompt, recipe.sample_max_new_tokens, recipe.seed
+        )
+        accelerator.log({"eval_loss": eval_loss, "perplexity": math.exp(eval_loss), "sample": sample}, step=step)
+        say(accelerator, f"step {step}: held-out loss {eval_loss:.4f}, perplexity {math.exp(eval_loss):.2f}")
+        say(accelerator, f"sample: {sample!r}")
+        return eval_loss, sample
+
+    initial_eval_loss = None
+    if checkpoint is None:
+        initial_eval_loss, _ = evaluate_and_log(0)
+
+    tokens_per_step = (
+        recipe.per_device_train_batch_size
+        * recipe.gradient_accumulation_steps
+        * accelerator.num_processes
+        * recipe.block_size
+    )
+    batches = micro_batches(train_loader, accelerator, progress)
+    progress_bar = tqdm(
+        total=recipe.max_steps, initial=progress.step, desc="training", disable=not accelerator.is_main_process
+    )
+    interval_losses, interval_seconds = [], 0.0
+    model.train()
+    while progress.step < recipe.max_steps:
+        step = progress.step + 1
+        step_start = time.perf_counter()
+        step_loss = torch.zeros((), device=accelerator.device)
+        for _ in range(recipe.gradient_accumulation_steps):
+            # Accelerate skips the gradient all-reduce on all but the last micro-batch of the step and
+            # divides the loss by `gradient_accumulation_steps` in `backward`.
+            with accelerator.accumulate(model):
+                loss = model(**next(batches)).loss
+                step_loss += loss.detach().float() / recipe.gradient_accumulation_steps
+                accelerator.backward(loss)
+        loss_value = accelerator.reduce(step_loss, reduction="mean").item()
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(
+                f"Non-finite training loss ({loss_value}) at step {step}: stopped before updating the weights. "
+                f"The last good checkpoint, untouched, is {latest_checkpoint(output_dir)}; lower `learning_rate` "
+                "or check the data."
+            )
+        if recipe.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.step = step
+        progress_bar.update(1)
+        interval_losses.append(loss_value)
+        interval_seconds += time.perf_counter() - step_start  # evaluation and saving do not count against tokens/s
+
+        if step % recipe.logging_steps == 0 or step == recipe.max_steps:
+            metrics = {
+                "loss": sum(interval_losses) / len(interval_losses),
+                "learning_rate": scheduler.get_last_lr()[0],
+                "tokens_per_second": len(interval_losses) * tokens_per_step / interval_seconds,
+                "epoch": progress.epoch,
+            }
+            accelerator.log(metrics, step=step)
+            progress_bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_second']:.0f}")
+            interval_losses, interval_seconds = [], 0.0
+        if step % recipe.eval_steps == 0 and step != recipe.max_steps:
+            evaluate_and_log(step)
+        if step % recipe.checkpointing_steps == 0 or step == recipe.max_steps:
+            save_checkpoint(accelerator, output_dir, step, tokenizer, recipe.save_total_limit)
+    progress_bar.close()
+
+    final_eval_loss, sample = evaluate_and_log(progress.step)
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.save_pretrained(
+        output_dir,
+        is_main_process=accelerator.is_main_process,
+        save_function=accelerator.save,
+        state_dict=accelerator.get_state_dict(model),
+    )
+    if accelerator.is_main_process:
+        tokenizer.save_pretrained(output_dir)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainingResult(output_dir, unwrapped, tokenizer, initial_eval_loss, final_eval_loss, sample)
+
+
+def tracker_config(recipe: TrainingRecipe) -> dict:
+    """The recipe as hyper-parameters; TensorBoard accepts only scalars and strings."""
+    return {
+        name: value if isinstance(value, int | float | str | bool) else str(value)
+        for name, value in asdict(recipe).items()
+    }
+
+
+__all__ = [
+    "JsonlTracker",
+    "TrainingProgress",
+    "TrainingRecipe",
+    "TrainingResult",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "read_metrics",
+    "save_checkpoint",
+    "train",
+]

@@ -1,0 +1,401 @@
+"""The Accelerate pretraining loop: outputs, optimizer details, exact resume after SIGKILL, two processes
+equal one, atomic checkpoints, non-finite losses, bad input, recipes, and the FSDP2 wrap plan."""
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from accelerate.commands.config.config_args import load_config_from_file
+from accelerate.state import AcceleratorState, GradientState
+from fsdp2_worker import fsdp_test_model, global_batches, train_steps
+from helpers import REPO_ROOT, tiny_config
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+
+from albertagpt import AlbertAGPTForCausalLM
+from albertagpt.cli import load_recipe, parse_recipe
+from albertagpt.data import builtin_corpus
+from albertagpt.distributed import FSDP_UNIT_CLASSES
+from albertagpt.tokenizer import train_tokenizer
+from albertagpt.training import (
+    TrainingRecipe,
+    latest_checkpoint,
+    list_checkpoints,
+    parameter_groups,
+    read_metrics,
+    train,
+)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each in-process run builds its own Accelerator (mixed precision, accumulation) as a script would."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A small text file, a 400-token tokenizer, and tiny model configs (with and without dropout)."""
+    root = tmp_path_factory.mktemp("training")
+    documents = [text[:1500] for text in builtin_corpus("train")[:40]]
+    (root / "corpus.txt").write_text("\n\n".join(text.replace("\n\n", "\n") for text in documents))
+    train_tokenizer(documents, vocab_size=400).save_pretrained(root / "tokenizer")
+    model = dict(embedding_size=16, hidden_size=32, num_hidden_layers=4, num_hidden_groups=2)
+    model.update(num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    (root / "model.json").write_text(json.dumps({**model, "hidden_dropout_prob": 0.1}))
+    (root / "model_no_dropout.json").write_text(json.dumps(model))
+    return root
+
+
+def make_recipe(workspace: Path, output_dir: Path, **overrides) -> TrainingRecipe:
+    fields = dict(
+        output_dir=str(output_dir),
+        model_config=str(workspace / "model.json"),
+        tokenizer=str(workspace / "tokenizer"),
+        train_files=[str(workspace / "corpus.txt")],
+        validation_split_percentage=10,
+        block_size=32,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        learning_rate=1e-2,
+        warmup_steps=2,
+        max_steps=8,
+        logging_steps=2,
+        eval_steps=4,
+        checkpointing_steps=4,
+        max_eval_batches=4,
+        report_to=["none"],
+        sample_max_new_tokens=8,
+        seed=0,
+    )
+    fields.update(overrides)
+    return TrainingRecipe(**fields)
+
+
+def write_yaml(recipe: TrainingRecipe, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(asdict(recipe)))
+    return path
+
+
+def subprocess_env(tmp_path: Path) -> dict:
+    # Own HF_HOME: no user Accelerate config applies, and the datasets cache is private to the test.
+    return {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fixed_batch_logits(model_dir: Path) -> torch.Tensor:
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    ids = torch.arange(3 * 32).reshape(3, 32) * 7 % model.config.vocab_size
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def max_weight_difference(dir_a: Path, dir_b: Path) -> float:
+    a, b = load_file(dir_a / "model.safetensors"), load_file(dir_b / "model.safetensors")
+    assert a.keys() == b.keys()
+    return max((a[name] - b[name]).abs().max().item() for name in a)
+
+
+@pytest.fixture(scope="module")
+def reference_run(workspace, tmp_path_factory) -> Path:
+    """The uninterrupted run that the resumed runs must reproduce."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    output_dir = tmp_path_factory.mktemp("reference") / "run"
+    train(make_recipe(workspace, output_dir))
+    return output_dir
+
+
+def test_run_writes_a_loadable_model_metrics_and_checkpoints(workspace, tmp_path):
+    recipe = make_recipe(
+        workspace, tmp_path / "run", tokenizer=None, vocab_size=350, save_total_limit=1, report_to=["tensorboard"]
+    )
+    result = train(recipe)
+    out = Path(recipe.output_dir)
+
+    # The tokenizer was trained on the training split first; the model's vocabulary is the tokenizer's.
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert len(tokenizer) == 350 == result.model.config.vocab_size
+    # Tying survives `prepare` and training; the folder loads with the Auto classes and computes the same.
+    model = result.model
+    assert model.lm_head.decoder.weight is model.model.embeddings.word_embeddings.weight
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert isinstance(reloaded, AlbertAGPTForCausalLM)
+    ids = torch.tensor([tokenizer("The class statement")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(ids).logits, model.eval()(ids).logits, rtol=0, atol=1e-6)
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_albertagpt.AlbertAGPTForCausalLM"
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 2
+    assert (out / "model.safetensors").is_file() and (out / "modeling_albertagpt.py").is_file()
+
+    rows = read_metrics(out / "metrics.jsonl")
+    train_rows = [row for row in rows if "loss" in row]
+    eval_rows = [row for row in rows if "eval_loss" in row]
+    assert [row["step"] for row in train_rows] == [2, 4, 6, 8]
+    assert [row["step"] for row in eval_rows] == [0, 4, 8]
+    assert all(row["tokens_per_second"] > 0 and math.isfinite(row["loss"]) for row in train_rows)
+    for row in eval_rows:
+        assert row["perplexity"] == pytest.approx(math.exp(row["eval_loss"]))
+        assert isinstance(row["sample"], str)
+    # Before training the model is near uniform over the vocabulary; eight steps already lower the loss.
+    assert 0.5 * 350 < eval_rows[0]["perplexity"] < 2 * 350
+    assert eval_rows[-1]["eval_loss"] < eval_rows[0]["eval_loss"] - 0.1
+    assert result.initial_perplexity == pytest.approx(eval_rows[0]["perplexity"])
+    assert result.final_perplexity == pytest.approx(eval_rows[-1]["perplexity"])
+    # The logged learning rate is transformers' warm-up + cosine schedule, stepped once per optimizer step.
+    schedule = get_scheduler("cosine", torch.optim.SGD([torch.zeros(1)], lr=1e-2), 2, 8)
+    expected = []
+    for _ in range(8):
+        schedule.optimizer.step()
+        schedule.step()
+        expected.append(schedule.get_last_lr()[0])
+    assert [row["learning_rate"] for row in train_rows] == pytest.approx(expected[1::2])
+
+    # save_total_limit=1 keeps the newest checkpoint only; it holds Accelerate's state, the loop's and the tokenizer.
+    assert [path.name for path in list_checkpoints(out)] == ["checkpoint-8"]
+    files = {path.name for path in (out / "checkpoint-8").iterdir()}
+    assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "tokenizer.json"} <= files
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_norms_and_biases_are_not_decayed():
+    model = AlbertAGPTForCausalLM(tiny_config())
+    decay, no_decay = parameter_groups(model, 0.1)
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    decayed = {names[id(parameter)] for parameter in decay["params"]}
+    not_decayed = {names[id(parameter)] for parameter in no_decay["params"]}
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+    assert decayed | not_decayed == set(names.values()) and not decayed & not_decayed
+    assert all(name.endswith("bias") or "LayerNorm" in name or "layernorm" in name for name in not_decayed)
+    assert all(name.endswith("weight") and "norm" not in name.lower() for name in decayed)
+    assert "model.embeddings.word_embeddings.weight" in decayed  # the tied head matrix, counted once
+    assert len(decayed) == 2 + 1 + 2 * 6 + 1  # embeddings, mapping, 6 linears per group, head dense
+
+
+def test_gradient_accumulation_equals_one_larger_batch(workspace, tmp_path):
+    model_config = str(workspace / "model_no_dropout.json")
+    common = dict(model_config=model_config, max_steps=4, eval_steps=4, checkpointing_steps=4)
+    train(make_recipe(workspace, tmp_path / "accumulated", per_device_train_batch_size=2, **common))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    train(
+        make_recipe(
+            workspace, tmp_path / "large", per_device_train_batch_size=4, gradient_accumulation_steps=1, **common
+        )
+    )
+    torch.testing.assert_close(
+        fixed_batch_logits(tmp_path / "accumulated"), fixed_batch_logits(tmp_path / "large"), rtol=0, atol=1e-4
+    )
+
+
+def test_resume_after_sigkill_is_exact(workspace, reference_run, tmp_path):
+    out = tmp_path / "killed"
+    config = write_yaml(make_recipe(workspace, out), tmp_path / "recipe.yaml")
+    command = [sys.executable, "scripts/train.py", "--config", str(config)]
+    env = subprocess_env(tmp_path)
+    with open(tmp_path / "killed.log", "w") as log:
+        # Evaluating at every step slows the run after checkpoint-4 enough to kill it there; evaluation
+        # runs on a forked RNG and does not change training.
+        process = subprocess.Popen(command + ["--eval_steps", "1"], cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 180
+        while not (out / "checkpoint-4").exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-3000:]
+    assert [path.name for path in list_checkpoints(out)] == ["checkpoint-4"]
+    assert not (out / "model.safetensors").exists()
+
+    resumed = subprocess.run(
+        command + ["--resume_from_checkpoint", "latest"], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stderr + resumed.stdout
+    assert max_weight_difference(out, reference_run) <= 1e-6
+    # metrics.jsonl reads as one run: steps after the checkpoint come from the resumed run, once.
+    steps = [row["step"] for row in read_metrics(out / "metrics.jsonl") if "loss" in row]
+    assert steps == [2, 4, 6, 8]
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(workspace, tmp_path):
+    model_config = str(workspace / "model_no_dropout.json")  # dropout masks differ between ranks
+    common = dict(model_config=model_config, gradient_accumulation_steps=1, max_steps=6, checkpointing_steps=6)
+    train(make_recipe(workspace, tmp_path / "one", per_device_train_batch_size=4, **common))
+    config = write_yaml(
+        make_recipe(workspace, tmp_path / "two", per_device_train_batch_size=2, **common), tmp_path / "r.yaml"
+    )
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--main_process_port", str(free_port())]
+    completed = subprocess.run(
+        launch + ["scripts/train.py", "--config", str(config)],
+        cwd=REPO_ROOT,
+        env={**subprocess_env(tmp_path), "ACCELERATE_USE_CPU": "true"},
+        capture_output=True,
+        text=True,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert (tmp_path / "two" / "checkpoint-6" / "random_states_1.pkl").is_file()  # a second rank took part
+    torch.testing.assert_close(
+        fixed_batch_logits(tmp_path / "two"), fixed_batch_logits(tmp_path / "one"), rtol=0, atol=1e-4
+    )
+
+
+def test_interrupted_checkpoint_write_is_never_latest(workspace, reference_run, tmp_path, monkeypatch):
+    recipe = make_recipe(workspace, tmp_path / "run")
+    real_replace = os.replace
+
+    def killed_before_rename(source, destination):
+        if Path(destination).name == "checkpoint-8":
+            raise KeyboardInterrupt("killed between writing and renaming checkpoint-8")
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", killed_before_rename)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe)
+    monkeypatch.setattr(os, "replace", real_replace)
+    out = Path(recipe.output_dir)
+    assert (out / ".tmp-checkpoint-8" / "model.safetensors").is_file()  # fully written, never renamed
+    assert latest_checkpoint(out) == out / "checkpoint-4"
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    result = train(make_recipe(workspace, out, resume_from_checkpoint="latest"))
+    assert result.initial_eval_loss is None
+    assert [path.name for path in list_checkpoints(out)] == ["checkpoint-4", "checkpoint-8"]
+    assert not (out / ".tmp-checkpoint-8").exists()
+    assert max_weight_difference(out, reference_run) <= 1e-6
+
+
+def test_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint(workspace, reference_run, tmp_path, monkeypatch):
+    real_forward = AlbertAGPTForCausalLM.forward
+    training_calls = []
+
+    def diverging_forward(self, *args, **kwargs):
+        output = real_forward(self, *args, **kwargs)
+        if self.training:
+            training_calls.append(1)
+            if len(training_calls) > 10:  # two micro-batches per step: step 6 onwards
+                output.loss = output.loss * float("nan")
+        return output
+
+    monkeypatch.setattr(AlbertAGPTForCausalLM, "forward", diverging_forward)
+    out = tmp_path / "run"
+    with pytest.raises(FloatingPointError, match="at step 6") as error:
+        train(make_recipe(workspace, out))
+    assert "checkpoint-4" in str(error.value)
+    assert [path.name for path in list_checkpoints(out)] == ["checkpoint-4"]
+    assert not (out / "model.safetensors").exists()
+    # Untouched: the same bytes as the uninterrupted run's checkpoint at step 4.
+    for name in ("model.safetensors", "optimizer.bin"):
+        assert (out / "checkpoint-4" / name).read_bytes() == (reference_run / "checkpoint-4" / name).read_bytes()
+
+
+def test_bad_input_is_named(workspace, tmp_path):
+    with pytest.raises(ValueError, match=r"`block_size` \(128\) exceeds the model's `max_position_embeddings` \(64\)"):
+        train(make_recipe(workspace, tmp_path / "a", block_size=128))
+    with pytest.raises(FileNotFoundError, match="nowhere.txt"):
+        train(make_recipe(workspace, tmp_path / "b", train_files=[str(tmp_path / "nowhere.txt")]))
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="empty.txt' is empty"):
+        train(make_recipe(workspace, tmp_path / "c", train_files=[str(tmp_path / "empty.txt")]))
+    with pytest.raises(FileNotFoundError, match="model_config"):
+        train(make_recipe(workspace, tmp_path / "d", model_config=str(tmp_path / "none.json")))
+
+    # Continuing from a model folder whose vocabulary is smaller than the tokenizer's.
+    small = tmp_path / "small_model"
+    AlbertAGPTForCausalLM(tiny_config(vocab_size=300, max_position_embeddings=64)).save_pretrained(small)
+    with pytest.raises(ValueError, match="400 tokens .* `vocab_size` 300"):
+        train(make_recipe(workspace, tmp_path / "e", model_config=str(small)))
+
+    # A fresh run into a folder that already holds checkpoints would mix two runs.
+    (tmp_path / "f" / "checkpoint-3").mkdir(parents=True)
+    with pytest.raises(ValueError, match="resume_from_checkpoint latest"):
+        train(make_recipe(workspace, tmp_path / "f"))
+
+
+def test_recipes_load_and_unknown_fields_are_named(tmp_path):
+    tiny = REPO_ROOT / "configs/train/tiny.yaml"
+    for path in sorted((REPO_ROOT / "configs/train").glob("*.yaml")):
+        assert isinstance(load_recipe(TrainingRecipe, path), TrainingRecipe), path
+    recipe = parse_recipe(
+        TrainingRecipe,
+        ["--config", str(tiny), "--max_steps", "7", "--learning_rate", "1e-4", "--train_files", "a.txt", "b.txt"]
+        + ["--report_to", "none", "--streaming", "true"],
+    )
+    assert (recipe.max_steps, recipe.learning_rate, recipe.train_files) == (7, 1e-4, ["a.txt", "b.txt"])
+    assert recipe.report_to == ["none"] and recipe.streaming is True
+    assert recipe.block_size == yaml.safe_load(tiny.read_text())["block_size"]  # the rest comes from the YAML
+    with pytest.raises(ValueError, match="'max_step'"):
+        parse_recipe(TrainingRecipe, ["--config", str(tiny), "--max_step", "5"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_steps: 5\nlearning_rat: 0.1\n")
+    with pytest.raises(ValueError, match="'learning_rat'"):
+        parse_recipe(TrainingRecipe, ["--config", str(bad)])
+    with pytest.raises(ValueError, match="'warmup'"):
+        load_recipe(TrainingRecipe, tiny, warmup=3)
+    # The script turns it into a one-line error and a non-zero exit status.
+    completed = subprocess.run(
+        [sys.executable, "scripts/train.py", "--config", str(tiny), "--no_such_field", "1"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert completed.returncode != 0 and "'no_such_field'" in completed.stderr
+
+
+def test_accelerate_configs_load_and_fsdp_wraps_the_shared_block():
+    kinds = {}
+    for path in sorted((REPO_ROOT / "configs/accelerate").glob("*.yaml")):
+        assert path.read_text().startswith("#"), f"{path.name} must say when to use it"
+        kinds[path.stem] = load_config_from_file(str(path))
+    assert set(kinds) == {"single_gpu", "multi_gpu", "multi_node", "fsdp", "deepspeed_zero2", "deepspeed_zero3"}
+    assert kinds["multi_node"].num_machines > 1
+    assert [kinds[f"deepspeed_zero{stage}"].deepspeed_config["zero_stage"] for stage in (2, 3)] == [2, 3]
+    fsdp = kinds["fsdp"].fsdp_config
+    assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert tuple(fsdp["fsdp_transformer_layer_cls_to_wrap"].split(",")) == FSDP_UNIT_CLASSES
+
+
+def test_fsdp2_wrap_plan_on_two_cpu_processes_matches_one(tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
+    command += [str(free_port()), "tests/fsdp2_worker.py", str(tmp_path)]
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(tmp_path), capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["groups_are_units"] == [True, True] and plan["root_is_unit"] and plan["embeddings_are_not_a_unit"]
+    assert plan["tied"] and plan["sharded"]
+    assert plan["local_rows"] == 49  # each rank holds half of the 97-token embedding (rounded up)
+
+    reference = fsdp_test_model()
+    batches = global_batches(reference.config.vocab_size)
+    train_steps(reference, batches)
+    sharded = fsdp_test_model()
+    sharded.load_state_dict(torch.load(tmp_path / "weights.pt"))
+    probe = batches[0]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            sharded(input_ids=probe).logits, reference(input_ids=probe).logits, rtol=0, atol=1e-4
+        )
+    # The comparison has teeth: three steps moved the weights far more than the tolerance.
+    with torch.no_grad():
+        assert (fsdp_test_model()(input_ids=probe).logits - reference(input_ids=probe).logits).abs().max() > 1e-2
