@@ -8,6 +8,11 @@ from huggingface_hub.dataclasses import strict
 from transformers.activations import ACT2FN
 from transformers.configuration_utils import PreTrainedConfig
 
+# Where the block's norms sit and what they compute. The defaults are the architecture; the others exist for the
+# LayerNorm lab (`albertagpt.lab`), which measures what post-sublayer LayerNorm buys.
+NORM_POSITIONS = ("post", "pre", "none")
+NORM_TYPES = ("layernorm", "rmsnorm", "batchnorm")
+
 
 @strict
 class AlbertAGPTConfig(PreTrainedConfig):
@@ -16,6 +21,11 @@ class AlbertAGPTConfig(PreTrainedConfig):
     (`vocab_size` x `embedding_size`, then `embedding_size` -> `hidden_size`), cross-layer parameter
     sharing (`num_hidden_layers` applications of `num_hidden_groups` distinct blocks) and a LayerNorm
     after each sublayer (`h = LayerNorm(h + SubLayer(h))`).
+
+    For experiments only, `norm_position` moves the block's norms: `"post"` (default, the architecture),
+    `"pre"` (`h = h + SubLayer(Norm(h))`, with a final norm before the head) or `"none"` (no norms in the blocks);
+    `norm_type` picks what they compute: `"layernorm"` (default), `"rmsnorm"` or `"batchnorm"` (statistics over the
+    batch's non-pad tokens). The embedding and head LayerNorms stay as they are.
 
     Invalid combinations raise `ValueError` at creation, naming the offending field.
 
@@ -50,6 +60,8 @@ class AlbertAGPTConfig(PreTrainedConfig):
     hidden_dropout_prob: float = 0.0
     attention_probs_dropout_prob: float = 0.0
     layer_norm_eps: float = 1e-5
+    norm_position: str = "post"
+    norm_type: str = "layernorm"
     initializer_range: float = 0.02
     use_cache: bool = True
     tie_word_embeddings: bool = True
@@ -102,6 +114,10 @@ class AlbertAGPTConfig(PreTrainedConfig):
                 raise ValueError(f"`{field}` must lie in [0, 1), got {value}.")
         if self.layer_norm_eps <= 0:
             raise ValueError(f"`layer_norm_eps` must be positive, got {self.layer_norm_eps}.")
+        if self.norm_position not in NORM_POSITIONS:
+            raise ValueError(f"`norm_position` must be one of {NORM_POSITIONS}, got {self.norm_position!r}.")
+        if self.norm_type not in NORM_TYPES:
+            raise ValueError(f"`norm_type` must be one of {NORM_TYPES}, got {self.norm_type!r}.")
         if self.initializer_range < 0:
             raise ValueError(f"`initializer_range` must be non-negative, got {self.initializer_range}.")
 

@@ -146,15 +146,65 @@ class AlbertAGPTMLP(nn.Module):
         return self.down_proj(self.act_fn(self.up_proj(hidden_states)))
 
 
+class AlbertAGPTMaskedBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the hidden features whose batch statistics come from real tokens only (experiments only).
+
+    In training it normalizes with the mean and variance of the tokens where `token_mask` is true (all tokens when
+    it is None), so padding does not leak into them, and updates the running statistics; in eval mode it uses the
+    running statistics, like `nn.BatchNorm1d`.
+    """
+
+    def forward(self, hidden_states: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.training:
+            tokens = hidden_states.reshape(-1, hidden_states.shape[-1])
+            if token_mask is not None:
+                tokens = tokens[token_mask.reshape(-1)]
+            mean, variance = tokens.mean(0), tokens.var(0, unbiased=False)
+            with torch.no_grad():
+                count = tokens.shape[0]
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+                unbiased = variance * count / max(count - 1, 1)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
+                self.num_batches_tracked += 1
+        else:
+            mean, variance = self.running_mean, self.running_var
+        normalized = (hidden_states - mean) * torch.rsqrt(variance + self.eps)
+        return (normalized * self.weight + self.bias).to(hidden_states.dtype)
+
+
+def block_norm(config: AlbertAGPTConfig) -> nn.Module:
+    """The norm `config.norm_type` names, for the blocks (and the final norm of pre-LN); `nn.Identity` for
+    `norm_position="none"`. Chosen once here, so that the default LayerNorm path does no extra work per call."""
+    if config.norm_position == "none":
+        return nn.Identity()
+    if config.norm_type == "rmsnorm":
+        return nn.RMSNorm(config.hidden_size, eps=config.layer_norm_eps)
+    if config.norm_type == "batchnorm":
+        return AlbertAGPTMaskedBatchNorm(config.hidden_size, eps=config.layer_norm_eps)
+    return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+
 class AlbertAGPTLayer(GradientCheckpointingLayer):
-    """One block (ALBERT's layer, made causal): `h = LN(h + Attn(h))`, then `h = LN(h + MLP(h))`."""
+    """One block (ALBERT's layer, made causal): `h = LN(h + Attn(h))`, then `h = LN(h + MLP(h))`.
+
+    With `config.norm_position="pre"` (experiments) it computes `h = h + Attn(Norm(h))`, then `h = h + MLP(Norm(h))`,
+    with norms named `pre_attention_layernorm` and `pre_feedforward_layernorm`; `"none"` keeps the post order with
+    identities in place of the norms.
+    """
 
     def __init__(self, config: AlbertAGPTConfig):
         super().__init__()
-        self.self_attn = AlbertAGPTAttention(config)
-        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = AlbertAGPTMLP(config)
-        self.post_feedforward_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.norm_before_sublayer = config.norm_position == "pre"
+        if self.norm_before_sublayer:
+            self.pre_attention_layernorm = block_norm(config)
+            self.self_attn = AlbertAGPTAttention(config)
+            self.pre_feedforward_layernorm = block_norm(config)
+            self.mlp = AlbertAGPTMLP(config)
+        else:
+            self.self_attn = AlbertAGPTAttention(config)
+            self.post_attention_layernorm = block_norm(config)
+            self.mlp = AlbertAGPTMLP(config)
+            self.post_feedforward_layernorm = block_norm(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(
@@ -163,12 +213,21 @@ class AlbertAGPTLayer(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None = None,
         layer_idx: int = 0,
         cache: Cache | None = None,
+        token_mask: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
+        # Only batch norms receive `token_mask` (which tokens are real): their statistics must skip padding.
+        norm_kwargs = {} if token_mask is None else {"token_mask": token_mask}
+        if self.norm_before_sublayer:
+            normed = self.pre_attention_layernorm(hidden_states, **norm_kwargs)
+            attn_output, _ = self.self_attn(normed, attention_mask, layer_idx, cache=cache, **kwargs)
+            hidden_states = hidden_states + self.dropout(attn_output)
+            mlp_output = self.mlp(self.pre_feedforward_layernorm(hidden_states, **norm_kwargs))
+            return hidden_states + self.dropout(mlp_output)
         attn_output, _ = self.self_attn(hidden_states, attention_mask, layer_idx, cache=cache, **kwargs)
-        hidden_states = self.post_attention_layernorm(hidden_states + self.dropout(attn_output))
+        hidden_states = self.post_attention_layernorm(hidden_states + self.dropout(attn_output), **norm_kwargs)
         mlp_output = self.mlp(hidden_states)
-        hidden_states = self.post_feedforward_layernorm(hidden_states + self.dropout(mlp_output))
+        hidden_states = self.post_feedforward_layernorm(hidden_states + self.dropout(mlp_output), **norm_kwargs)
         return hidden_states
 
 
@@ -201,6 +260,10 @@ class AlbertAGPTModel(AlbertAGPTPreTrainedModel):
         self.embeddings = AlbertAGPTEmbeddings(config)
         self.embedding_hidden_mapping_in = nn.Linear(config.embedding_size, config.hidden_size)
         self.groups = nn.ModuleList([AlbertAGPTLayer(config) for _ in range(config.num_hidden_groups)])
+        if config.norm_position == "pre":  # pre-LN leaves the residual stream unnormalized: one norm before the head
+            self.final_layernorm = block_norm(config)
+        # Batch norms take their statistics over real tokens only, so they need to know which tokens are padding.
+        self.norms_need_token_mask = config.norm_type == "batchnorm" and config.norm_position != "none"
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -269,14 +332,21 @@ class AlbertAGPTModel(AlbertAGPTPreTrainedModel):
             position_ids=position_ids,
         )
 
+        norm_kwargs = {}
+        if self.norms_need_token_mask and attention_mask is not None and attention_mask.dim() == 2:
+            norm_kwargs["token_mask"] = attention_mask[:, -input_length:].bool()
+
         for layer_idx in range(self.config.num_hidden_layers):
             hidden_states = self.group_for_layer(layer_idx)(
                 hidden_states,
                 attention_mask=causal_mask,
                 layer_idx=layer_idx,
                 cache=cache,
+                **norm_kwargs,
                 **kwargs,
             )
+        if self.config.norm_position == "pre":
+            hidden_states = self.final_layernorm(hidden_states, **norm_kwargs)
 
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
 
