@@ -38,6 +38,7 @@ from transformers import (
 
 from .configuration_albertagpt import AlbertAGPTConfig
 from .data import TextSource, iter_texts, load_text_splits, pack_into_blocks
+from .diagnostics import DiagnosticsRecorder
 from .modeling_albertagpt import AlbertAGPTForCausalLM
 from .tokenizer import train_tokenizer
 
@@ -92,6 +93,13 @@ class TrainingRecipe(TextSource):
     )
     sample_prompt: str = field(default="", metadata={"help": "Start of the sample generated at each evaluation."})
     sample_max_new_tokens: int = 64
+    diagnostics: bool = field(
+        default=False,
+        metadata={
+            "help": "At every logging step, also log per-layer-application gradient norms, activation RMS around "
+            "each norm and update-to-weight ratios (albertagpt.diagnostics)."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -470,6 +478,7 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
     eval_loader = make_dataloader(eval_blocks, recipe.per_device_eval_batch_size, collator, recipe.seed, False)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     check_weight_tying(accelerator.unwrap_model(model))
+    recorder = DiagnosticsRecorder(accelerator.unwrap_model(model), optimizer) if recipe.diagnostics else None
 
     accelerator.register_for_checkpointing(progress, scheduler)
     if checkpoint is not None:
@@ -508,6 +517,9 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
     while progress.step < recipe.max_steps:
         step = progress.step + 1
         step_start = time.perf_counter()
+        logging_step = step % recipe.logging_steps == 0 or step == recipe.max_steps
+        if recorder is not None and logging_step:
+            recorder.start()  # hooks record this step's forward, backward and optimizer step
         step_loss = torch.zeros((), device=accelerator.device)
         for _ in range(recipe.gradient_accumulation_steps):
             # Accelerate skips the gradient all-reduce on all but the last micro-batch of the step and
@@ -533,13 +545,15 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
         interval_losses.append(loss_value)
         interval_seconds += time.perf_counter() - step_start  # evaluation and saving do not count against tokens/s
 
-        if step % recipe.logging_steps == 0 or step == recipe.max_steps:
+        if logging_step:
             metrics = {
                 "loss": sum(interval_losses) / len(interval_losses),
                 "learning_rate": scheduler.get_last_lr()[0],
                 "tokens_per_second": len(interval_losses) * tokens_per_step / interval_seconds,
                 "epoch": progress.epoch,
             }
+            if recorder is not None:
+                metrics.update(recorder.collect().to_metrics())
             accelerator.log(metrics, step=step)
             progress_bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_second']:.0f}")
             interval_losses, interval_seconds = [], 0.0

@@ -1,0 +1,166 @@
+"""The LayerNorm lab's experiments: the usable-LR computation on a synthetic table, the sweep end to end through the
+training loop, and the training loop's `diagnostics` option."""
+
+import json
+from pathlib import Path
+
+import pytest
+from accelerate.state import AcceleratorState, GradientState
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from albertagpt.data import builtin_corpus
+from albertagpt.lab import SweepRecipe, SweepRun, format_ranges, read_csv, run_sweep, usable_lr_ranges, write_csv
+from albertagpt.tokenizer import train_tokenizer
+from albertagpt.training import TrainingRecipe, read_metrics, train
+
+GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
+NAN = float("nan")
+
+
+def sweep_run(variant: str, learning_rate: float, loss: float, warmup_steps: int = 10) -> SweepRun:
+    diverged = loss != loss or loss >= 8.0
+    return SweepRun(variant, learning_rate, warmup_steps, 8.0, loss, loss - 0.1, diverged, 1.0)
+
+
+def test_usable_range_is_the_contiguous_span_within_tolerance_of_the_best() -> None:
+    runs = [
+        # best 4.4 at 3e-3, limit 4.84: 3e-4 .. 3e-3 qualify; 1e-2 does not, so 3e-2 (4.6) is cut off the span
+        *(sweep_run("post", lr, loss) for lr, loss in zip(GRID, [6.0, 4.7, 4.5, 4.4, 4.9, 4.6], strict=True)),
+        # diverged runs (non-finite, or no better than the start) never count
+        *(sweep_run("none", lr, loss) for lr, loss in zip(GRID, [5.0, 4.8, NAN, 8.5, NAN, NAN], strict=True)),
+        *(sweep_run("post", lr, loss, warmup_steps=0) for lr, loss in zip(GRID, [NAN] * 6, strict=True)),
+    ]
+    post, post_no_warmup, none = usable_lr_ranges(runs, tolerance=0.1)
+
+    assert (post.variant, post.warmup_steps, post.best_learning_rate, post.best_loss) == ("post", 10, 3e-3, 4.4)
+    assert (post.low, post.high, post.diverged) == (3e-4, 3e-3, [])
+    assert post.decades == pytest.approx(1.0)
+    assert post.generalization_gap == pytest.approx(0.1)
+
+    assert (post_no_warmup.warmup_steps, post_no_warmup.best_learning_rate, post_no_warmup.decades) == (0, None, 0.0)
+    assert post_no_warmup.diverged == GRID
+
+    assert (none.best_learning_rate, none.low, none.high) == (3e-4, 1e-4, 3e-4)
+    assert none.diverged == GRID[2:]
+
+    narrow = usable_lr_ranges(runs, tolerance=0.05)[0]  # limit 4.62: 3e-4 (4.7) drops out
+    assert (narrow.low, narrow.high) == (1e-3, 3e-3)
+
+    table = format_ranges([post, post_no_warmup, none], 0.1).splitlines()
+    assert table[2] == "| post | 10 | 0.003 | 4.400 | 0.0003 - 0.003 | 1.0 | - | +0.100 |"
+    assert table[3].startswith("| post | 0 | - | - | none | 0 | 0.0001, 0.0003, 0.001")
+
+
+def test_sweep_table_round_trips_through_csv(tmp_path: Path) -> None:
+    runs = [sweep_run("post", 1e-3, 4.5), sweep_run("none", 1e-2, NAN, warmup_steps=0)]
+    write_csv(runs, tmp_path / "sweep.csv")
+    assert repr(read_csv(tmp_path / "sweep.csv")) == repr(runs)  # repr: NaN != NaN
+
+
+def test_sweep_recipe_checks_its_grid() -> None:
+    assert SweepRecipe(min_learning_rate=1e-3, max_learning_rate=1e-1, learning_rate_points=3).learning_rates() == [
+        1e-3,
+        1e-2,
+        1e-1,
+    ]
+    with pytest.raises(ValueError, match="'post-groupnorm'"):
+        SweepRecipe(variants=["post-groupnorm"])
+    with pytest.raises(ValueError, match="`min_learning_rate`"):
+        SweepRecipe(min_learning_rate=1e-1, max_learning_rate=1e-3)
+    assert SweepRecipe(warmup_steps=5).warmups() == [5, 0]
+    assert SweepRecipe(warmup_steps=5, compare_warmup=False).warmups() == [5]
+
+
+# --- through the training loop ----------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each in-process run builds its own Accelerator, as a script would."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("lab")
+    documents = [text[:1500] for text in builtin_corpus("train")[:30]]
+    (root / "corpus.txt").write_text("\n\n".join(text.replace("\n\n", "\n") for text in documents))
+    train_tokenizer(documents, vocab_size=300).save_pretrained(root / "tokenizer")
+    model = dict(embedding_size=16, hidden_size=32, num_hidden_layers=4, num_hidden_groups=2, num_attention_heads=4)
+    (root / "model.json").write_text(json.dumps({**model, "intermediate_size": 64, "max_position_embeddings": 64}))
+    return root
+
+
+def recipe_fields(workspace: Path, output_dir: Path) -> dict:
+    return dict(
+        output_dir=str(output_dir),
+        model_config=str(workspace / "model.json"),
+        tokenizer=str(workspace / "tokenizer"),
+        train_files=[str(workspace / "corpus.txt")],
+        validation_split_percentage=10,
+        block_size=32,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=8,
+        max_steps=4,
+        warmup_steps=1,
+        logging_steps=2,
+        eval_steps=4,
+        checkpointing_steps=4,
+        max_eval_batches=2,
+        report_to=["none"],
+        sample_max_new_tokens=1,
+    )
+
+
+def test_sweep_runs_the_grid_through_the_training_loop(workspace: Path, tmp_path: Path) -> None:
+    grid = dict(min_learning_rate=1e-2, max_learning_rate=1e3, learning_rate_points=2, compare_warmup=False)
+    recipe = SweepRecipe(
+        **recipe_fields(workspace, tmp_path), **grid, variants=["post-layernorm", "none"], processes=1
+    )
+    runs, ranges = run_sweep(recipe)
+
+    assert [(run.variant, run.learning_rate) for run in runs] == [
+        ("post-layernorm", 0.01),
+        ("post-layernorm", 1000.0),
+        ("none", 0.01),
+        ("none", 1000.0),
+    ]
+    for run in runs:
+        if run.learning_rate == 0.01:
+            assert not run.diverged and run.final_eval_loss < run.initial_eval_loss, run
+        else:  # a learning rate of 1000 wrecks either model
+            assert run.diverged, run
+    assert [(r.variant, r.best_learning_rate, r.diverged) for r in ranges] == [
+        ("post-layernorm", 0.01, [1000.0]),
+        ("none", 0.01, [1000.0]),
+    ]
+    assert repr(read_csv(tmp_path / "sweep.csv")) == repr(runs)
+    assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "usable_lr.md").read_text().strip() == format_ranges(ranges, 0.1)
+    run_dirs = sorted((tmp_path / "runs").iterdir())
+    assert len(run_dirs) == 4
+    assert json.loads((tmp_path / "configs" / "none.json").read_text())["norm_position"] == "none"
+    for run_dir in run_dirs:
+        assert (run_dir / "metrics.jsonl").is_file() and not list(run_dir.glob("checkpoint-*"))
+
+
+def test_training_with_diagnostics_logs_them_to_metrics_and_tensorboard(workspace: Path, tmp_path: Path) -> None:
+    recipe = TrainingRecipe(**{**recipe_fields(workspace, tmp_path), "report_to": ["tensorboard"]}, diagnostics=True)
+    train(recipe)
+    rows = [row for row in read_metrics(tmp_path / "metrics.jsonl") if "loss" in row]
+    assert [row["step"] for row in rows] == [2, 4]
+    for row in rows:
+        for application in range(4):
+            assert row[f"diagnostics/application_{application:02d}/residual_grad_norm"] > 0
+            # post-LN: every application ends in a LayerNorm with gamma near 1 after a few small steps
+            assert row[f"diagnostics/application_{application:02d}/output_rms"] == pytest.approx(1.0, abs=0.05)
+        for group in range(2):
+            assert row[f"diagnostics/group_{group}/grad_norm"] > 0
+            assert 0 < row[f"diagnostics/group_{group}/update_to_weight"] < 1
+    event_files = (tmp_path / "tensorboard").rglob("events.out.tfevents.*")
+    scalars = {tag for file in event_files for tag in EventAccumulator(str(file)).Reload().Tags()["scalars"]}
+    assert "diagnostics/group_0/grad_norm" in scalars and "loss" in scalars
