@@ -79,6 +79,9 @@ class TrainingRecipe(TextSource):
         metadata={"help": "no, bf16 (also on CPU) or fp16 (GPU only); unset: what `accelerate launch` says (no)."},
     )
     seed: int = 42
+    cpu_threads: int | None = field(
+        default=None, metadata={"help": "torch.set_num_threads for each process; unset: torch's default."}
+    )
     logging_steps: int = 10
     eval_steps: int = 200
     max_eval_batches: int | None = field(default=None, metadata={"help": "Cap on held-out batches per evaluation."})
@@ -103,6 +106,8 @@ class TrainingRecipe(TextSource):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.cpu_threads is not None and self.cpu_threads <= 0:
+            raise ValueError(f"`cpu_threads` must be a positive integer, got {self.cpu_threads}.")
         for name in (
             "vocab_size",
             "per_device_train_batch_size",
@@ -151,7 +156,7 @@ class TrainingResult:
     output_dir: Path
     model: AlbertAGPTForCausalLM
     tokenizer: PreTrainedTokenizerBase
-    initial_eval_loss: float | None  # None when resumed: the "before" number belongs to the first run
+    initial_eval_loss: float | None  # when resumed, what the first run logged at step 0 (None if not found)
     final_eval_loss: float
     sample: str
 
@@ -369,13 +374,21 @@ def micro_batches(dataloader, accelerator: Accelerator, progress: TrainingProgre
         if progress.batches_in_epoch:
             epoch_loader = accelerator.skip_first_batches(dataloader, progress.batches_in_epoch)
         epoch_loader.set_epoch(progress.epoch)
-        yielded = False
-        for batch in epoch_loader:
-            yielded = True
+        iterator = iter(epoch_loader)
+        # Starting an epoch draws a seed from the global RNG when the loader has no generator of its own
+        # (Accelerate's dispatching loader for streamed data drops it). A resumed run restores that RNG at
+        # another point of the epoch, so the draw must stay out of the training (dropout) stream.
+        with torch.random.fork_rng(devices=[]):
+            batch = next(iterator, None)
+        if batch is None and progress.batches_in_epoch == 0:
+            raise ValueError(
+                "The training data does not fill a single batch of `per_device_train_batch_size` blocks of "
+                "`block_size` tokens: lower them or add data."
+            )
+        while batch is not None:
             progress.batches_in_epoch += 1
             yield batch
-        if not yielded and progress.batches_in_epoch == 0:
-            raise ValueError("The training data does not fill a single batch: lower the batch size or add data.")
+            batch = next(iterator, None)
         progress.epoch += 1
         progress.batches_in_epoch = 0
 
@@ -399,6 +412,8 @@ def evaluate(model, dataloader, accelerator: Accelerator, max_batches: int | Non
         loss = model(**batch).loss.detach().float()
         losses.append(accelerator.gather_for_metrics(loss.repeat(len(batch["input_ids"]))))
     model.train()
+    if not losses:
+        raise ValueError("The held-out split holds no full block of `block_size` tokens: lower it or add data.")
     return torch.cat(losses).mean().item()
 
 
@@ -442,6 +457,8 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
         )
     checkpoint = resolve_checkpoint(recipe)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if recipe.cpu_threads is not None:
+        torch.set_num_threads(recipe.cpu_threads)
 
     trackers = [name for name in recipe.report_to if name != "none"]
     progress = TrainingProgress()
@@ -488,12 +505,13 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
         (output_dir / RECIPE_FILE).write_text(json.dumps(asdict(recipe), indent=2) + "\n")
     accelerator.init_trackers("tensorboard", config=tracker_config(recipe))
 
-    def evaluate_and_log(step: int) -> tuple[float, str]:
+    def evaluate_and_log(step: int, log: bool = True) -> tuple[float, str]:
         eval_loss = evaluate(model, eval_loader, accelerator, recipe.max_eval_batches)
         sample = generate_sample(
             model, tokenizer, accelerator, recipe.sample_prompt, recipe.sample_max_new_tokens, recipe.seed
         )
-        accelerator.log({"eval_loss": eval_loss, "perplexity": math.exp(eval_loss), "sample": sample}, step=step)
+        if log:
+            accelerator.log({"eval_loss": eval_loss, "perplexity": math.exp(eval_loss), "sample": sample}, step=step)
         say(accelerator, f"step {step}: held-out loss {eval_loss:.4f}, perplexity {math.exp(eval_loss):.2f}")
         say(accelerator, f"sample: {sample!r}")
         return eval_loss, sample
@@ -501,6 +519,7 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
     initial_eval_loss = None
     if checkpoint is None:
         initial_eval_loss, _ = evaluate_and_log(0)
+    start_step = progress.step
 
     tokens_per_step = (
         recipe.per_device_train_batch_size
@@ -563,7 +582,8 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
             save_checkpoint(accelerator, output_dir, step, tokenizer, recipe.save_total_limit)
     progress_bar.close()
 
-    final_eval_loss, sample = evaluate_and_log(progress.step)
+    # A run resumed at its last step only reports: its final evaluation is already in metrics.jsonl.
+    final_eval_loss, sample = evaluate_and_log(progress.step, log=progress.step > start_step)
     unwrapped = accelerator.unwrap_model(model)
     unwrapped.save_pretrained(
         output_dir,
@@ -575,6 +595,19 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
         tokenizer.save_pretrained(output_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+    if initial_eval_loss is None:  # resumed: the run's first evaluation is in its metrics
+        initial_eval_loss = next(
+            (row["eval_loss"] for row in read_metrics(output_dir / METRICS_FILE) if row["step"] == 0), None
+        )
+    before = "?" if initial_eval_loss is None else f"{math.exp(initial_eval_loss):.2f}"
+    after = f"{math.exp(final_eval_loss):.2f}"
+    say(accelerator, f"Held-out perplexity: {before} before training -> {after} after {progress.step} steps")
+    say(
+        accelerator,
+        f"Model and tokenizer saved to {output_dir} (AutoModelForCausalLM / AutoTokenizer.from_pretrained)",
+    )
+    say(accelerator, f"Generated sample: {sample!r}")
     return TrainingResult(output_dir, unwrapped, tokenizer, initial_eval_loss, final_eval_loss, sample)
 
 

@@ -47,6 +47,15 @@ def fresh_accelerate_state():
     GradientState._reset_state()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and in-process and subprocess runs must reduce in the same order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     """A small text file, a 400-token tokenizer, and tiny model configs (with and without dropout)."""
@@ -93,7 +102,13 @@ def write_yaml(recipe: TrainingRecipe, path: Path) -> Path:
 
 def subprocess_env(tmp_path: Path) -> dict:
     # Own HF_HOME: no user Accelerate config applies, and the datasets cache is private to the test.
-    return {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def free_port() -> int:
@@ -208,6 +223,41 @@ def test_gradient_accumulation_equals_one_larger_batch(workspace, tmp_path):
     )
 
 
+def test_bf16_autocast_trains_on_cpu(workspace, reference_run, tmp_path):
+    result = train(make_recipe(workspace, tmp_path / "bf16", mixed_precision="bf16"))
+    rows = [row for row in read_metrics(tmp_path / "bf16" / "metrics.jsonl") if "eval_loss" in row]
+    reference_rows = [row for row in read_metrics(reference_run / "metrics.jsonl") if "eval_loss" in row]
+    assert rows[-1]["eval_loss"] < rows[0]["eval_loss"] - 0.1
+    assert rows[-1]["eval_loss"] == pytest.approx(reference_rows[-1]["eval_loss"], abs=0.05)
+    # The weights stay fp32 (autocast computes in bf16), and bf16 rounding made a different model.
+    assert {tensor.dtype for tensor in load_file(tmp_path / "bf16" / "model.safetensors").values()} == {torch.float32}
+    assert next(result.model.parameters()).dtype == torch.float32
+    assert max_weight_difference(tmp_path / "bf16", reference_run) > 1e-4
+
+
+def test_streamed_data_trains_and_resumes_exactly(workspace, tmp_path, monkeypatch):
+    train(make_recipe(workspace, tmp_path / "uninterrupted", streaming=True))
+    rows = read_metrics(tmp_path / "uninterrupted" / "metrics.jsonl")
+    assert rows[-1]["eval_loss"] < rows[0]["eval_loss"] - 0.1
+    real_replace = os.replace
+
+    def killed_before_rename(source, destination):
+        if Path(destination).name == "checkpoint-8":
+            raise KeyboardInterrupt
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", killed_before_rename)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    with pytest.raises(KeyboardInterrupt):
+        train(make_recipe(workspace, tmp_path / "resumed", streaming=True))
+    monkeypatch.setattr(os, "replace", real_replace)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    train(make_recipe(workspace, tmp_path / "resumed", streaming=True, resume_from_checkpoint="latest"))
+    assert max_weight_difference(tmp_path / "resumed", tmp_path / "uninterrupted") <= 1e-6
+
+
 def test_resume_after_sigkill_is_exact(workspace, reference_run, tmp_path):
     out = tmp_path / "killed"
     config = write_yaml(make_recipe(workspace, out), tmp_path / "recipe.yaml")
@@ -280,9 +330,19 @@ def test_interrupted_checkpoint_write_is_never_latest(workspace, reference_run, 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     result = train(make_recipe(workspace, out, resume_from_checkpoint="latest"))
-    assert result.initial_eval_loss is None
+    # The "before" number of a resumed run is the one its first part logged at step 0.
+    assert result.initial_eval_loss == read_metrics(reference_run / "metrics.jsonl")[0]["eval_loss"]
     assert [path.name for path in list_checkpoints(out)] == ["checkpoint-4", "checkpoint-8"]
     assert not (out / ".tmp-checkpoint-8").exists()
+    assert max_weight_difference(out, reference_run) <= 1e-6
+
+    # Resuming a finished run only reports it: no steps, nothing logged twice, the same model.
+    rows = read_metrics(out / "metrics.jsonl")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    again = train(make_recipe(workspace, out, resume_from_checkpoint="latest"))
+    assert read_metrics(out / "metrics.jsonl") == rows
+    assert again.final_eval_loss == pytest.approx(result.final_eval_loss, abs=1e-6)
     assert max_weight_difference(out, reference_run) <= 1e-6
 
 
@@ -318,6 +378,8 @@ def test_bad_input_is_named(workspace, tmp_path):
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(ValueError, match="empty.txt' is empty"):
         train(make_recipe(workspace, tmp_path / "c", train_files=[str(tmp_path / "empty.txt")]))
+    with pytest.raises(ValueError, match="does not fill a single batch"):
+        train(make_recipe(workspace, tmp_path / "g", per_device_train_batch_size=100_000))
     with pytest.raises(FileNotFoundError, match="model_config"):
         train(make_recipe(workspace, tmp_path / "d", model_config=str(tmp_path / "none.json")))
 
@@ -335,8 +397,8 @@ def test_bad_input_is_named(workspace, tmp_path):
 
 def test_recipes_load_and_unknown_fields_are_named(tmp_path):
     tiny = REPO_ROOT / "configs/train/tiny.yaml"
-    for path in sorted((REPO_ROOT / "configs/train").glob("*.yaml")):
-        assert isinstance(load_recipe(TrainingRecipe, path), TrainingRecipe), path
+    base = load_recipe(TrainingRecipe, REPO_ROOT / "configs/train/base.yaml")
+    assert (base.model_config, base.resume_from_checkpoint) == ("configs/model/base.json", "latest")
     recipe = parse_recipe(
         TrainingRecipe,
         ["--config", str(tiny), "--max_steps", "7", "--learning_rate", "1e-4", "--train_files", "a.txt", "b.txt"]
