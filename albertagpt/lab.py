@@ -156,7 +156,7 @@ def run_sweep(recipe: SweepRecipe) -> tuple[list[SweepRun], list[UsableRange]]:
     ranges = usable_lr_ranges(runs, recipe.tolerance)
     write_csv(runs, output_dir / "sweep.csv")
     plot_sweep(runs, output_dir / "sweep.png")
-    (output_dir / "usable_lr.md").write_text(format_ranges(ranges, recipe.tolerance) + "\n")
+    (output_dir / "usable_lr.md").write_text(format_sweep_report(runs, recipe.tolerance))
     return runs, ranges
 
 
@@ -208,9 +208,14 @@ def training_blocks_loss(recipe: TrainingRecipe, model: AlbertAGPTForCausalLM, t
     return sum(losses) / len(losses)
 
 
-def usable_lr_ranges(runs: list[SweepRun], tolerance: float = 0.1) -> list[UsableRange]:
+def usable_lr_ranges(runs: list[SweepRun], tolerance: float = 0.1, across_variants: bool = False) -> list[UsableRange]:
     """Per (variant, warm-up): the best run, and the contiguous span of grid learning rates around it whose final
-    loss stays within `tolerance` (a fraction) of the best one, diverged runs excluded."""
+    loss stays within `tolerance` (a fraction) of the best one, diverged runs excluded.
+
+    With `across_variants` the limit comes from the best run of all variants instead: a variant that trains stably
+    but never gets near the others (say, stuck on a plateau at every learning rate) then has no usable range.
+    """
+    best_of_all = min((run.final_eval_loss for run in runs if not run.diverged), default=math.nan)
     variant_order = {variant: index for index, variant in enumerate(dict.fromkeys(run.variant for run in runs))}
     runs = sorted(runs, key=lambda run: (variant_order[run.variant], -run.warmup_steps, run.learning_rate))
     ranges = []
@@ -223,14 +228,19 @@ def usable_lr_ranges(runs: list[SweepRun], tolerance: float = 0.1) -> list[Usabl
             continue
         best_index = min(healthy, key=lambda index: group[index].final_eval_loss)
         best = group[best_index]
-        limit = best.final_eval_loss * (1 + tolerance)
+        limit = (best_of_all if across_variants else best.final_eval_loss) * (1 + tolerance)
         usable = [not run.diverged and run.final_eval_loss <= limit for run in group]
+        gap = best.final_eval_loss - best.final_train_loss
+        if not usable[best_index]:
+            ranges.append(
+                UsableRange(variant, warmup_steps, best.learning_rate, best.final_eval_loss, None, None, diverged, gap)
+            )
+            continue
         low = high = best_index
         while low > 0 and usable[low - 1]:
             low -= 1
         while high < len(group) - 1 and usable[high + 1]:
             high += 1
-        gap = best.final_eval_loss - best.final_train_loss
         ranges.append(
             UsableRange(
                 variant,
@@ -278,7 +288,7 @@ def plot_sweep(runs: list[SweepRun], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure, axes = plt.subplots(figsize=(9, 4.5))
     variants = list(dict.fromkeys(run.variant for run in runs))
     warmups = sorted({run.warmup_steps for run in runs}, reverse=True)
     finite = [run.final_eval_loss for run in runs if not run.diverged]
@@ -311,29 +321,97 @@ def plot_sweep(runs: list[SweepRun], path: Path) -> None:
     axes.set_xlabel("peak learning rate")
     axes.set_ylabel("final held-out loss (x: diverged)")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
 
-def format_ranges(ranges: list[UsableRange], tolerance: float) -> str:
+def format_ranges(ranges: list[UsableRange], tolerance: float, across_variants: bool = False) -> str:
     """A Markdown table of the usable learning-rate ranges."""
+    reference = "any variant's best run" if across_variants else "the variant's best run"
     lines = [
-        f"| variant | warm-up steps | best LR | best loss | usable LR (within {tolerance:.0%}) | decades | "
-        "diverged at LR | held-out - train at best |",
+        f"| variant | warm-up steps | best LR | best loss | usable LR (within {tolerance:.0%} of {reference}) | "
+        "decades | diverged at LR | held-out - train at best |",
         "|---|---:|---:|---:|---|---:|---|---:|",
     ]
     for r in ranges:
         diverged = ", ".join(f"{lr:g}" for lr in r.diverged) or "-"
-        if r.best_learning_rate is None:
-            lines.append(f"| {r.variant} | {r.warmup_steps} | - | - | none | 0 | {diverged} | - |")
-            continue
-        lines.append(
-            f"| {r.variant} | {r.warmup_steps} | {r.best_learning_rate:g} | {r.best_loss:.3f} | "
-            f"{r.low:g} - {r.high:g} | {r.decades:.1f} | {diverged} | {r.generalization_gap:+.3f} |"
-        )
+        best = "- | -" if r.best_learning_rate is None else f"{r.best_learning_rate:g} | {r.best_loss:.3f}"
+        usable = "none" if r.low is None else f"{r.low:g} - {r.high:g}"
+        gap = "-" if r.generalization_gap is None else f"{r.generalization_gap:+.3f}"
+        lines.append(f"| {r.variant} | {r.warmup_steps} | {best} | {usable} | {r.decades:.1f} | {diverged} | {gap} |")
     return "\n".join(lines)
+
+
+def format_sweep_report(runs: list[SweepRun], tolerance: float) -> str:
+    """Both tables of `usable_lr.md`: each variant against its own best run, then against the best of all."""
+    return (
+        f"Usable learning rates: final held-out loss within {tolerance:.0%} of the variant's best run\n\n"
+        f"{format_ranges(usable_lr_ranges(runs, tolerance), tolerance)}\n\n"
+        f"Usable learning rates: final held-out loss within {tolerance:.0%} of the best run of any variant\n\n"
+        f"{format_ranges(usable_lr_ranges(runs, tolerance, across_variants=True), tolerance, across_variants=True)}\n"
+    )
+
+
+# ------------------------------------------------------------------------------- gradient flow through depth
+
+
+@dataclass
+class DepthProfile:
+    """One recorded step of a `--diagnostics` run: per layer application, from the embedding side to the head."""
+
+    step: int
+    residual_grad_norm: list[float]  # ||dLoss/dh|| of the residual stream leaving each application
+    output_rms: list[float]  # RMS of that residual stream
+
+    @property
+    def grad_ratio(self) -> float:
+        """First over last application: below 1 the gradient shrinks on its way down to the embeddings."""
+        return self.residual_grad_norm[0] / self.residual_grad_norm[-1]
+
+
+def depth_profile(metrics_path: str | Path, step: int | None = None) -> DepthProfile:
+    """The diagnostics of `step` (default: the last recorded one) in a run's `metrics.jsonl`."""
+    rows = [row for row in read_metrics(metrics_path) if any(name.startswith("diagnostics/") for name in row)]
+    if step is not None:
+        rows = [row for row in rows if row["step"] == step]
+    if not rows:
+        raise ValueError(
+            f"{str(metrics_path)!r} holds no diagnostics{'' if step is None else f' at step {step}'}: "
+            "train with `--diagnostics`."
+        )
+    row = rows[-1]
+    count = sum(1 for name in row if name.endswith("/output_rms") and "/application_" in name)
+    names = [f"diagnostics/application_{i:02d}" for i in range(count)]
+    return DepthProfile(
+        row["step"],
+        [row[f"{name}/residual_grad_norm"] for name in names],
+        [row[f"{name}/output_rms"] for name in names],
+    )
+
+
+def plot_depth_profiles(profiles: dict[str, DepthProfile], path: Path) -> None:
+    """Residual-stream gradient norm and RMS against layer application, one line per labelled profile."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (grads, sizes) = plt.subplots(1, 2, figsize=(10, 4))
+    for label, profile in profiles.items():
+        applications = range(len(profile.output_rms))
+        grads.plot(applications, profile.residual_grad_norm, marker="o", label=label)
+        sizes.plot(applications, profile.output_rms, marker="o", label=label)
+    for axes, title in ((grads, "gradient norm of the residual stream"), (sizes, "RMS of the residual stream")):
+        axes.set_yscale("log")
+        axes.set_xlabel("layer application (0: next to the embeddings)")
+        axes.set_title(title, fontsize=10)
+        axes.grid(True, which="both", alpha=0.3)
+    grads.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 # -------------------------------------------------------------------------------- the variable-length check
@@ -396,11 +474,15 @@ def batch_dependence(
 
 __all__ = [
     "BatchDependence",
+    "DepthProfile",
     "SweepRecipe",
     "SweepRun",
     "UsableRange",
     "batch_dependence",
+    "depth_profile",
     "format_ranges",
+    "format_sweep_report",
+    "plot_depth_profiles",
     "plot_sweep",
     "read_csv",
     "run_sweep",

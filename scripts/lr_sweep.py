@@ -11,7 +11,7 @@ Every field of the training recipe applies to every run; the sweep adds `--varia
 import sys
 
 from albertagpt.cli import parse_recipe
-from albertagpt.lab import SweepRecipe, format_ranges, run_sweep
+from albertagpt.lab import SweepRecipe, format_sweep_report, run_sweep
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,8 +19,8 @@ def main(argv: list[str] | None = None) -> None:
         recipe = parse_recipe(SweepRecipe, argv, description=__doc__)
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
-    _, ranges = run_sweep(recipe)
-    print(format_ranges(ranges, recipe.tolerance))
+    runs, _ = run_sweep(recipe)
+    print(format_sweep_report(runs, recipe.tolerance))
     print(f"Wrote sweep.csv, sweep.png and usable_lr.md to {recipe.output_dir}")
 
 

@@ -9,7 +9,17 @@ from accelerate.state import AcceleratorState, GradientState
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from albertagpt.data import builtin_corpus
-from albertagpt.lab import SweepRecipe, SweepRun, format_ranges, read_csv, run_sweep, usable_lr_ranges, write_csv
+from albertagpt.lab import (
+    SweepRecipe,
+    SweepRun,
+    depth_profile,
+    format_ranges,
+    format_sweep_report,
+    read_csv,
+    run_sweep,
+    usable_lr_ranges,
+    write_csv,
+)
 from albertagpt.tokenizer import train_tokenizer
 from albertagpt.training import TrainingRecipe, read_metrics, train
 
@@ -46,9 +56,19 @@ def test_usable_range_is_the_contiguous_span_within_tolerance_of_the_best() -> N
     narrow = usable_lr_ranges(runs, tolerance=0.05)[0]  # limit 4.62: 3e-4 (4.7) drops out
     assert (narrow.low, narrow.high) == (1e-3, 3e-3)
 
+    # Against the best run of all variants (4.4): none's best (4.8) stays within 10%, alone; within 5% it does not.
+    across = usable_lr_ranges(runs, tolerance=0.1, across_variants=True)
+    assert [(r.variant, r.low, r.high) for r in across] == [
+        ("post", 3e-4, 3e-3),
+        ("post", None, None),
+        ("none", 3e-4, 3e-4),
+    ]
+    none_within_5 = usable_lr_ranges(runs, tolerance=0.05, across_variants=True)[2]
+    assert (none_within_5.best_learning_rate, none_within_5.low, none_within_5.decades) == (3e-4, None, 0.0)
+
     table = format_ranges([post, post_no_warmup, none], 0.1).splitlines()
     assert table[2] == "| post | 10 | 0.003 | 4.400 | 0.0003 - 0.003 | 1.0 | - | +0.100 |"
-    assert table[3].startswith("| post | 0 | - | - | none | 0 | 0.0001, 0.0003, 0.001")
+    assert table[3].startswith("| post | 0 | - | - | none | 0.0 | 0.0001, 0.0003, 0.001")
 
 
 def test_sweep_table_round_trips_through_csv(tmp_path: Path) -> None:
@@ -140,7 +160,8 @@ def test_sweep_runs_the_grid_through_the_training_loop(workspace: Path, tmp_path
     ]
     assert repr(read_csv(tmp_path / "sweep.csv")) == repr(runs)
     assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")
-    assert (tmp_path / "usable_lr.md").read_text().strip() == format_ranges(ranges, 0.1)
+    assert (tmp_path / "usable_lr.md").read_text() == format_sweep_report(runs, 0.1)
+    assert format_ranges(ranges, 0.1) in format_sweep_report(runs, 0.1)
     run_dirs = sorted((tmp_path / "runs").iterdir())
     assert len(run_dirs) == 4
     assert json.loads((tmp_path / "configs" / "none.json").read_text())["norm_position"] == "none"
@@ -161,6 +182,17 @@ def test_training_with_diagnostics_logs_them_to_metrics_and_tensorboard(workspac
         for group in range(2):
             assert row[f"diagnostics/group_{group}/grad_norm"] > 0
             assert 0 < row[f"diagnostics/group_{group}/update_to_weight"] < 1
+    profile = depth_profile(tmp_path / "metrics.jsonl")  # the last recorded step, application by application
+    assert profile.step == 4
+    assert profile.output_rms == [rows[-1][f"diagnostics/application_{i:02d}/output_rms"] for i in range(4)]
+    assert (
+        profile.grad_ratio
+        == rows[-1]["diagnostics/application_00/residual_grad_norm"]
+        / rows[-1]["diagnostics/application_03/residual_grad_norm"]
+    )
+    assert depth_profile(tmp_path / "metrics.jsonl", step=2).step == 2
+    with pytest.raises(ValueError, match="at step 3"):
+        depth_profile(tmp_path / "metrics.jsonl", step=3)
     event_files = (tmp_path / "tensorboard").rglob("events.out.tfevents.*")
     scalars = {tag for file in event_files for tag in EventAccumulator(str(file)).Reload().Tags()["scalars"]}
     assert "diagnostics/group_0/grad_norm" in scalars and "loss" in scalars
