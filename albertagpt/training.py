@@ -261,7 +261,7 @@ def save_checkpoint(
     accelerator.save_state(str(temporary))  # every rank writes its own RNG state into it
     if accelerator.is_main_process:
         tokenizer.save_pretrained(temporary)
-        if final.exists():  # a finished run re-saved at the same step
+        if final.exists():  # resumed from an earlier checkpoint, this step is reached again
             shutil.rmtree(final)
         os.replace(temporary, final)
         if save_total_limit is not None:
