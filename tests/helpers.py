@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from accelerate.state import AcceleratorState, GradientState
+
 from albertagpt import AlbertAGPTConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -70,3 +72,9 @@ def run_without_package(code: str, hub_cache: Path, workdir: Path) -> dict:
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def reset_accelerate_state() -> None:
+    """Forget the process-wide Accelerate state, so the next in-process run starts as a fresh script would."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-from accelerate.state import AcceleratorState, GradientState
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from albertagpt.data import builtin_corpus
@@ -94,14 +93,7 @@ def test_sweep_recipe_checks_its_grid() -> None:
 # --- through the training loop ----------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each in-process run builds its own Accelerator, as a script would."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 @pytest.fixture(scope="module")

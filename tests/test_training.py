@@ -16,9 +16,8 @@ import pytest
 import torch
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
-from accelerate.state import AcceleratorState, GradientState
 from fsdp2_worker import fsdp_test_model, global_batches, train_steps
-from helpers import REPO_ROOT, tiny_config
+from helpers import REPO_ROOT, reset_accelerate_state, tiny_config
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
@@ -36,15 +35,7 @@ from albertagpt.training import (
     train,
 )
 
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each in-process run builds its own Accelerator (mixed precision, accumulation) as a script would."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -133,8 +124,7 @@ def max_weight_difference(dir_a: Path, dir_b: Path) -> float:
 @pytest.fixture(scope="module")
 def reference_run(workspace, tmp_path_factory) -> Path:
     """The uninterrupted run that the resumed runs must reproduce."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     output_dir = tmp_path_factory.mktemp("reference") / "run"
     train(make_recipe(workspace, output_dir))
     return output_dir
@@ -211,8 +201,7 @@ def test_gradient_accumulation_equals_one_larger_batch(workspace, tmp_path):
     model_config = str(workspace / "model_no_dropout.json")
     common = dict(model_config=model_config, max_steps=4, eval_steps=4, checkpointing_steps=4)
     train(make_recipe(workspace, tmp_path / "accumulated", per_device_train_batch_size=2, **common))
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     train(
         make_recipe(
             workspace, tmp_path / "large", per_device_train_batch_size=4, gradient_accumulation_steps=1, **common
@@ -247,13 +236,11 @@ def test_streamed_data_trains_and_resumes_exactly(workspace, tmp_path, monkeypat
         real_replace(source, destination)
 
     monkeypatch.setattr(os, "replace", killed_before_rename)
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     with pytest.raises(KeyboardInterrupt):
         train(make_recipe(workspace, tmp_path / "resumed", streaming=True))
     monkeypatch.setattr(os, "replace", real_replace)
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     train(make_recipe(workspace, tmp_path / "resumed", streaming=True, resume_from_checkpoint="latest"))
     assert max_weight_difference(tmp_path / "resumed", tmp_path / "uninterrupted") <= 1e-6
 
@@ -327,8 +314,7 @@ def test_interrupted_checkpoint_write_is_never_latest(workspace, reference_run, 
     assert (out / ".tmp-checkpoint-8" / "model.safetensors").is_file()  # fully written, never renamed
     assert latest_checkpoint(out) == out / "checkpoint-4"
 
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     result = train(make_recipe(workspace, out, resume_from_checkpoint="latest"))
     # The "before" number of a resumed run is the one its first part logged at step 0.
     assert result.initial_eval_loss == read_metrics(reference_run / "metrics.jsonl")[0]["eval_loss"]
@@ -338,8 +324,7 @@ def test_interrupted_checkpoint_write_is_never_latest(workspace, reference_run, 
 
     # Resuming a finished run only reports it: no steps, nothing logged twice, the same model.
     rows = read_metrics(out / "metrics.jsonl")
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     again = train(make_recipe(workspace, out, resume_from_checkpoint="latest"))
     assert read_metrics(out / "metrics.jsonl") == rows
     assert again.final_eval_loss == pytest.approx(result.final_eval_loss, abs=1e-6)
