@@ -239,9 +239,7 @@ def test_labels_give_the_shifted_cross_entropy_ignoring_minus_100() -> None:
     labels = input_ids.clone()
     labels[0, :4] = -100
     outputs = model(input_ids, labels=labels)
-    expected = F.cross_entropy(
-        outputs.logits[:, :-1].reshape(-1, 97), labels[:, 1:].reshape(-1), ignore_index=-100
-    )
+    expected = F.cross_entropy(outputs.logits[:, :-1].reshape(-1, 97), labels[:, 1:].reshape(-1), ignore_index=-100)
     torch.testing.assert_close(outputs.loss, expected)
 
 
