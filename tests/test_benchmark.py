@@ -1,0 +1,112 @@
+"""Smoke tests of the benchmark's measuring functions on a tiny shape (no timing assertions)."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from albertagpt.benchmark import (
+    MODEL_NAMES,
+    QUICK_SETTINGS,
+    QUICK_SHAPE,
+    TARGETS,
+    BenchmarkShape,
+    build_model,
+    count_training_flops,
+    format_table,
+    random_tokens,
+    run_benchmark,
+)
+
+
+@pytest.fixture
+def one_thread():
+    # Tiny ops on a shared 2-core machine run faster without a second thread to wait for.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def expected_training_flops(name: str, shape: BenchmarkShape) -> int:
+    """Forward matmul + attention FLOPs, times 3 for forward + backward (attention counted in full)."""
+    tokens, hidden = shape.tokens_per_step, shape.hidden_size
+    per_layer = 2 * tokens * hidden * (4 * hidden + 2 * shape.intermediate_size) + 4 * tokens * shape.seq_len * hidden
+    if name == "albertagpt":  # E -> H in, H -> E head, E -> V tied decoder
+        head = 2 * tokens * shape.embedding_size * (2 * hidden + shape.vocab_size)
+    else:
+        head = 2 * tokens * hidden * shape.vocab_size
+    return 3 * (shape.num_layers * per_layer + head)
+
+
+def test_flop_counts_match_the_architecture_and_favour_albertagpt(one_thread):
+    shape = QUICK_SHAPE
+    input_ids = random_tokens(shape.batch_size, shape.seq_len, shape.vocab_size, seed=0, device=torch.device("cpu"))
+    flops = {name: count_training_flops(build_model(name, shape), input_ids) for name in MODEL_NAMES}
+    for name, counted in flops.items():
+        # exact for every attention path: SDPA on CPU (flash kernel) and the math path GPT-2 takes with dropout
+        assert counted == expected_training_flops(name, shape), name
+    assert flops["albertagpt"] < flops["gpt2"] == flops["gpt2_matched"]
+    # with a vocabulary much larger than E the factorized head saves most of GPT-2's head FLOPs
+    big_vocab = replace(shape, vocab_size=4096)
+    assert expected_training_flops("albertagpt", big_vocab) < 0.75 * expected_training_flops("gpt2", big_vocab)
+
+
+def test_run_benchmark_reports_every_measurement(one_thread):
+    settings = replace(
+        QUICK_SETTINGS, train_steps=1, generate_batch_sizes=(1, 2), generate_repeats=1, scaling_seq_lens=(16, 32)
+    )
+    results = run_benchmark(QUICK_SHAPE, settings, log=lambda message: None)
+
+    assert set(results["training"]) == set(MODEL_NAMES)
+    for name in MODEL_NAMES:
+        training = results["training"][name]
+        assert training["tokens_per_s"] > 0 and training["flops_per_step"] > 0
+        assert training["mfu"] == pytest.approx(
+            training["flops_per_step"] / training["median_step_s"] / results["matmul_peak_flops"]
+        )
+        assert results["memory"][name] > 0
+    assert set(results["generation"]) == {"batch_1", "batch_2"}
+    assert all(
+        per_model[name]["tokens_per_s"] > 0 for per_model in results["generation"].values() for name in MODEL_NAMES
+    )
+    assert [row["seq_len"] for row in results["scaling_seq_len"]] == [16, 32]
+    assert [row["batch_size"] for row in results["scaling_seq_len"]] == [4, 2]  # tokens per step held at 64
+
+    # shared weights: depth adds compute but no parameters; GPT-2 grows by one block per layer
+    depth = results["scaling_depth"]
+    assert depth[0]["parameters"]["albertagpt"] == depth[1]["parameters"]["albertagpt"]
+    assert depth[1]["parameters"]["gpt2"] > depth[0]["parameters"]["gpt2"]
+    assert results["parameters"]["albertagpt"] < results["parameters"]["gpt2"]
+
+    ratios = results["ratios"]["gpt2"]
+    assert ratios["flops_per_token"] < 1.0
+    assert ratios["training_tokens_per_s"] == pytest.approx(
+        results["training"]["albertagpt"]["tokens_per_s"] / results["training"]["gpt2"]["tokens_per_s"]
+    )
+    assert set(results["targets"]) == set(TARGETS) - {"generate_tokens_per_s_batch_8"}  # batch 2 here, not 8
+    table = format_table(results)
+    assert "training tokens/s" in table and "generate tokens/s, batch 2" in table
+
+
+def test_generate_arranges_the_block_for_decoding_without_changing_results(one_thread):
+    model = build_model("albertagpt", QUICK_SHAPE).eval()
+    prompt = random_tokens(2, 8, QUICK_SHAPE.vocab_size, seed=1, device=torch.device("cpu"))
+    weights = {name: p.detach().clone() for name, p in model.model.groups.named_parameters()}
+    with torch.no_grad():
+        logits_before = model(prompt).logits
+
+    with torch.inference_mode():
+        model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=2, do_sample=False)
+
+    up_proj = model.model.groups[0].mlp.up_proj.weight
+    assert up_proj.stride() == (1, up_proj.shape[0])  # column-major, shape unchanged
+    for name, parameter in model.model.groups.named_parameters():
+        assert torch.equal(parameter, weights[name]), name
+    with torch.no_grad():
+        torch.testing.assert_close(model(prompt).logits, logits_before, rtol=1e-5, atol=1e-5)
+    # generate ran under inference_mode, yet the weights stay ordinary trainable tensors
+    model.train()
+    loss = model(input_ids=prompt, labels=prompt).loss
+    loss.backward()
+    assert up_proj.grad is not None and up_proj.grad.abs().sum() > 0
