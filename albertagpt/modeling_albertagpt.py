@@ -6,7 +6,6 @@ pre-trained base, the model, the heads. It is self-contained (only `torch`, `tra
 sibling configuration file) because it is copied into Hub repositories as remote code.
 """
 
-import functools
 import os
 import re
 from collections.abc import Callable
@@ -273,23 +272,6 @@ class AlbertAGPTModel(AlbertAGPTPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.word_embeddings = value
 
-    def use_decoding_weight_layout(self) -> None:
-        """Stores the blocks' linear weights column-major when they live on the CPU (values and shapes unchanged).
-
-        Decoding multiplies a few rows at a time by every weight of the shared block, `num_hidden_layers` times per
-        token. MKL does that 2-3x faster with an `[out, in]` weight stored column-major (the memory order of GPT-2's
-        `Conv1D`), while large training batches run at the same speed in either order. Checkpoints load row-major,
-        so `generate` calls this first; once the weights are arranged it does nothing.
-        """
-        for module in self.groups.modules():
-            if not isinstance(module, nn.Linear) or type(module.weight) is not nn.Parameter:
-                continue  # sharded, quantized or otherwise wrapped weights keep their own layout
-            weight = module.weight
-            if weight.device.type == "cpu" and weight.is_contiguous() and not weight.t().is_contiguous():
-                # outside inference mode, so that the weights stay trainable after `generate` ran inside it
-                with torch.inference_mode(False), torch.no_grad():
-                    weight.data = weight.data.t().contiguous().t()
-
     def group_for_layer(self, layer_idx: int) -> AlbertAGPTLayer:
         """ALBERT's assignment: consecutive applications share a group (layers 0..L/G-1 use group 0, ...)."""
         return self.groups[layer_idx * self.config.num_hidden_groups // self.config.num_hidden_layers]
@@ -443,11 +425,6 @@ class AlbertAGPTForCausalLM(AlbertAGPTPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-
-    @functools.wraps(GenerationMixin.generate)
-    def generate(self, *args, **kwargs):
-        self.model.use_decoding_weight_layout()
-        return super().generate(*args, **kwargs)
 
     @classmethod
     def from_albert(cls, model_or_path: AlbertForMaskedLM | str | os.PathLike) -> "AlbertAGPTForCausalLM":

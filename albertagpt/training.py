@@ -409,7 +409,7 @@ def evaluate(model, dataloader, accelerator: Accelerator, max_batches: int | Non
     for index, batch in enumerate(dataloader):
         if max_batches is not None and index >= max_batches:
             break
-        loss = model(**batch).loss.detach().float()
+        loss = model(**batch, use_cache=False).loss.detach().float()  # no KV cache: nothing decodes later
         losses.append(accelerator.gather_for_metrics(loss.repeat(len(batch["input_ids"]))))
     model.train()
     if not losses:
@@ -544,7 +544,7 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
             # Accelerate skips the gradient all-reduce on all but the last micro-batch of the step and
             # divides the loss by `gradient_accumulation_steps` in `backward`.
             with accelerator.accumulate(model):
-                loss = model(**next(batches)).loss
+                loss = model(**next(batches), use_cache=False).loss  # a KV cache would only hold memory
                 step_loss += loss.detach().float() / recipe.gradient_accumulation_steps
                 accelerator.backward(loss)
         loss_value = accelerator.reduce(step_loss, reduction="mean").item()
