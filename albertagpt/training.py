@@ -433,7 +433,8 @@ def generate_sample(model, tokenizer, accelerator: Accelerator, prompt: str, max
         output = model.generate(
             input_ids,
             attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=max_new_tokens,
+            # learned positions end at `max_position_embeddings`: a sample never runs past them
+            max_new_tokens=min(max_new_tokens, model.config.max_position_embeddings - input_ids.shape[1]),
             do_sample=True,
             top_k=50,
             temperature=0.8,

@@ -17,8 +17,10 @@ from transformers import AlbertConfig, AlbertForMaskedLM, AlbertTokenizer, AutoM
 from transformers.utils import is_sentencepiece_available
 
 from albertagpt import AlbertAGPTForCausalLM
+from albertagpt.cli import parse_recipe
 from albertagpt.convert import convert_albert
 from albertagpt.modeling_albertagpt import albertagpt_name_from_albert
+from albertagpt.training import TrainingRecipe, train
 
 TEXTS = list(topics.values())[:50]
 
@@ -205,3 +207,47 @@ def test_albert_tokenizer_shipped_only_as_sentencepiece_model_converts(
     finally:
         is_sentencepiece_available.cache_clear()
     assert not (tmp_path / "out_without").exists()
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_pretraining_continues_from_a_converted_folder(tmp_path: Path) -> None:
+    """`scripts/train.py --model_config OUT --tokenizer OUT` starts from ALBERT's weights, not from a fresh init."""
+    tokenizer = albert_tokenizer()
+    torch.manual_seed(0)
+    albert = AlbertForMaskedLM(
+        AlbertConfig(
+            vocab_size=len(tokenizer),
+            embedding_size=16,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    )
+    albert.save_pretrained(tmp_path / "albert")
+    tokenizer.save_pretrained(tmp_path / "albert")
+    converted = convert_albert(tmp_path / "albert", tmp_path / "converted")
+    learning_rate, steps = 1e-3, 3
+    recipe = parse_recipe(
+        TrainingRecipe,
+        ["--config", str(REPO_ROOT / "configs" / "train" / "tiny.yaml"), "--model_config", str(converted)]
+        + ["--tokenizer", str(converted), "--output_dir", str(tmp_path / "run"), "--block_size", "32"]
+        + ["--max_steps", str(steps), "--warmup_steps", "0", "--learning_rate", str(learning_rate)]
+        + ["--eval_steps", str(steps), "--max_eval_batches", "2", "--checkpointing_steps", str(steps)]
+        + ["--per_device_train_batch_size", "4", "--report_to", "none"],
+    )
+    result = train(recipe)
+
+    start = AlbertAGPTForCausalLM.from_pretrained(converted)
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+    assert trained.config.to_diff_dict() | {"transformers_version": None} == start.config.to_diff_dict() | {
+        "transformers_version": None
+    }
+    assert AutoTokenizer.from_pretrained(tmp_path / "run").get_vocab() == tokenizer.get_vocab()
+    assert math.isfinite(result.final_eval_loss)
+    # AdamW moves a weight by about the learning rate per step: the run started from ALBERT's weights.
+    start_weights = dict(start.named_parameters())
+    changes = [(weight - start_weights[name]).abs().max().item() for name, weight in trained.named_parameters()]
+    assert max(changes) <= 1.5 * learning_rate * steps
+    assert max(changes) > 0
