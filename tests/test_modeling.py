@@ -75,6 +75,22 @@ def test_forward_matches_the_spec_written_out(groups: int, attn_implementation: 
         torch.testing.assert_close(model(input_ids).logits, reference_logits(model, input_ids), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("hidden_dropout_prob", [0.0, 0.3])
+def test_hidden_dropout_acts_only_in_training(hidden_dropout_prob: float) -> None:
+    model = make_model("sdpa", hidden_dropout_prob=hidden_dropout_prob)
+    input_ids = random_ids(2, 12)
+    with torch.no_grad():
+        spec = reference_logits(model, input_ids)
+        torch.testing.assert_close(model(input_ids).logits, spec, atol=1e-4, rtol=1e-4)  # eval: no dropout
+        model.train()
+        first, second = model(input_ids).logits, model(input_ids).logits
+    if hidden_dropout_prob == 0:
+        torch.testing.assert_close(first, spec, atol=1e-4, rtol=1e-4)
+    else:
+        assert (first - second).abs().max() > 0.1  # fresh masks per call, after the embeddings and each sublayer
+        assert (first - spec).abs().max() > 0.1
+
+
 def test_factorized_embeddings_and_tied_factorized_head() -> None:
     config = tiny_config()
     model = AlbertAGPTForCausalLM(config)
