@@ -2,8 +2,8 @@
 
 The repo must work for people who do not have this package: `save_pretrained` copies the two model files and
 writes `auto_map`, so `from_pretrained(repo_id, trust_remote_code=True)` and `pipeline(...)` load it from the Hub
-alone. The model card is rendered from `model_card.md` (a Jinja template at the repository root) with the numbers
-the run logged in `metrics.jsonl`.
+alone. The model card is rendered from `model_card.md` (a Jinja template at the repository root, shipped in the
+package) with the numbers the run logged in `metrics.jsonl`.
 """
 
 import json
@@ -26,7 +26,8 @@ from transformers.utils.hub import convert_file_size_to_int
 
 from .modeling_albertagpt import AlbertAGPTForCausalLM
 
-MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
+# `albertagpt/model_card.md` links to the repository root's template; wheels carry it as package data.
+MODEL_CARD_TEMPLATE = Path(__file__).parent / "model_card.md"
 METRICS_FILENAME = "metrics.jsonl"
 LOSS_CURVE_FILENAME = "loss_curve.png"
 # The resolved recipe that `albertagpt.training` saves next to the model; published with it when present.

@@ -485,3 +485,11 @@ def test_training_data_is_named_from_the_recipe(recipe, hub_datasets, descriptio
     training_data = hub.describe_training_data(recipe)
     assert training_data.hub_datasets == hub_datasets
     assert description in training_data.description
+
+
+def test_the_card_template_ships_inside_the_package():
+    """`albertagpt/model_card.md` is the root template (a link), declared as package data so wheels carry it."""
+    assert hub.MODEL_CARD_TEMPLATE.parent == Path(hub.__file__).parent
+    assert hub.MODEL_CARD_TEMPLATE.read_text() == (REPO_ROOT / "model_card.md").read_text()
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    assert re.search(r'\[tool\.setuptools\.package-data\]\s*(#.*\n)*\s*albertagpt = \["model_card\.md"\]', pyproject)
