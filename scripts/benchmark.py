@@ -36,6 +36,9 @@ def main() -> None:
         )
     parser.add_argument("--train_steps", type=int, help="timed training steps per model")
     parser.add_argument(
+        "--generate_repeats", type=int, help="timed generate() calls per model and batch size (default 5)"
+    )
+    parser.add_argument(
         "--output", help="default benchmarks/results.json (benchmarks/results_quick.json with --quick)"
     )
     parser.add_argument("--plot", help="default docs/benchmark_<device>.png; none with --quick unless given")
@@ -48,8 +51,9 @@ def main() -> None:
     shape = BenchmarkShape(**{**asdict(shape), **shape_overrides})
     settings = QUICK_SETTINGS if args.quick else BenchmarkSettings()
     settings_overrides = {"device": args.device, "dtype": args.dtype, "compile": args.compile}
-    if args.train_steps is not None:
-        settings_overrides["train_steps"] = args.train_steps
+    for name in ("train_steps", "generate_repeats"):
+        if getattr(args, name) is not None:
+            settings_overrides[name] = getattr(args, name)
     settings = BenchmarkSettings(**{**asdict(settings), **settings_overrides})
 
     results = run_benchmark(shape, settings)

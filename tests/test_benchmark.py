@@ -1,9 +1,13 @@
 """Smoke tests of the benchmark's measuring functions on a tiny shape (no timing assertions)."""
 
+import json
+import runpy
+import sys
 from dataclasses import replace
 
 import pytest
 import torch
+from helpers import REPO_ROOT
 
 from albertagpt.benchmark import (
     MODEL_NAMES,
@@ -87,3 +91,17 @@ def test_run_benchmark_reports_every_measurement(one_thread):
     assert set(results["targets"]) == set(TARGETS) - {"generate_tokens_per_s_batch_8"}  # batch 2 here, not 8
     table = format_table(results)
     assert "training tokens/s" in table and "generate tokens/s, batch 2" in table
+
+
+def test_command_line_passes_its_settings_through(one_thread, tmp_path, monkeypatch, capsys):
+    output = tmp_path / "results.json"
+    argv = ["benchmark.py", "--quick", "--generate_repeats", "3", "--train_steps", "1", "--output", str(output)]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(REPO_ROOT / "scripts" / "benchmark.py"), run_name="__main__")
+
+    results = json.loads(output.read_text())
+    assert results["settings"]["generate_repeats"] == 3 and results["settings"]["train_steps"] == 1
+    assert results["shape"]["hidden_size"] == QUICK_SHAPE.hidden_size
+    assert all(len(run["times_s"]) == 3 for per_model in results["generation"].values() for run in per_model.values())
+    assert all(len(run["step_times_s"]) == 1 for run in results["training"].values())
+    assert "generate tokens/s, batch 1" in capsys.readouterr().out
