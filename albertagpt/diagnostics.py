@@ -16,7 +16,7 @@ table), `DiagnosticsCallback` (a `transformers.Trainer`), and `DiagnosticsRecord
 """
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,7 +198,7 @@ class DiagnosticsRecorder:
 
             output.register_hook(record_grad)
 
-    def norm_hook(self, norm_name: str):
+    def norm_hook(self, norm_name: str) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
         def record(norm: nn.Module, args: tuple, output: torch.Tensor) -> None:
             # No application is current while the backward pass recomputes a checkpointed block: skip those calls.
             if self.active and self.current_application is not None:
@@ -211,7 +211,7 @@ class DiagnosticsRecorder:
         if self.active:
             self.final_norm_rms = (rms(args[0]), rms(output))
 
-    def grad_hook(self, group: int):
+    def grad_hook(self, group: int) -> Callable[[torch.Tensor], None]:
         def record(parameter: torch.Tensor) -> None:
             # Fires after each backward has accumulated into `.grad`: the last call of a step sees its full gradient.
             if self.active:
@@ -328,8 +328,8 @@ class DiagnosticsCallback(TrainerCallback):
         args: TrainingArguments,
         state: TrainerState,
         control: TrainerControl,
-        model=None,
-        optimizer=None,
+        model: nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
         **kwargs,
     ) -> None:
         self.recorder = DiagnosticsRecorder(model, optimizer)

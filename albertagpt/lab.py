@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from .configuration_albertagpt import NORM_POSITIONS, NORM_TYPES
 from .data import TextSource, load_text_splits, pack_into_blocks
@@ -194,7 +195,9 @@ def run_one(variant: str, recipe: TrainingRecipe) -> SweepRun:
 
 
 @torch.no_grad()
-def training_blocks_loss(recipe: TrainingRecipe, model: AlbertAGPTForCausalLM, tokenizer) -> float:
+def training_blocks_loss(
+    recipe: TrainingRecipe, model: AlbertAGPTForCausalLM, tokenizer: PreTrainedTokenizerBase
+) -> float:
     """Mean loss of `model` on the first training blocks, as many as the held-out evaluation reads: with the
     held-out loss of the same weights, the generalization gap (the mean training loss of the last logging
     interval would lag behind the final weights)."""

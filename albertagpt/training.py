@@ -16,14 +16,16 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.tracking import GeneralTracker
 from accelerate.utils import GradientAccumulationPlugin, set_seed
-from datasets import IterableDataset
+from datasets import Dataset, IterableDataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import (
@@ -289,7 +291,7 @@ def has_tokenizer(folder: str | Path) -> bool:
 
 
 def prepare_tokenizer(
-    recipe: TrainingRecipe, accelerator: Accelerator, checkpoint: Path | None, train_split
+    recipe: TrainingRecipe, accelerator: Accelerator, checkpoint: Path | None, train_split: Dataset | IterableDataset
 ) -> PreTrainedTokenizerBase:
     """The checkpoint's tokenizer when resuming, else the recipe's, else the model folder's, else a new one.
 
@@ -351,7 +353,13 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_dataloader(blocks, batch_size: int, collator, seed: int, shuffle: bool) -> DataLoader:
+def make_dataloader(
+    blocks: Dataset | IterableDataset,
+    batch_size: int,
+    collator: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
+    seed: int,
+    shuffle: bool,
+) -> DataLoader:
     """Its own generator: an iterator without one draws a seed from the global RNG and shifts dropout on resume."""
     generator = torch.Generator().manual_seed(seed)
     iterable = isinstance(blocks, IterableDataset)
@@ -367,7 +375,9 @@ def make_dataloader(blocks, batch_size: int, collator, seed: int, shuffle: bool)
     )
 
 
-def micro_batches(dataloader, accelerator: Accelerator, progress: TrainingProgress):
+def micro_batches(
+    dataloader: DataLoader, accelerator: Accelerator, progress: TrainingProgress
+) -> Iterator[dict[str, torch.Tensor]]:
     """Endless training batches; the same order after a resume (per-epoch seed + skipping consumed batches)."""
     while True:
         epoch_loader = dataloader
@@ -402,7 +412,9 @@ def say(accelerator: Accelerator, message: str) -> None:
 
 
 @torch.no_grad()
-def evaluate(model, dataloader, accelerator: Accelerator, max_batches: int | None) -> float:
+def evaluate(
+    model: torch.nn.Module, dataloader: DataLoader, accelerator: Accelerator, max_batches: int | None
+) -> float:
     """Mean held-out loss per token over all blocks (every block has `block_size` tokens)."""
     model.eval()
     losses = []
@@ -418,7 +430,14 @@ def evaluate(model, dataloader, accelerator: Accelerator, max_batches: int | Non
 
 
 @torch.no_grad()
-def generate_sample(model, tokenizer, accelerator: Accelerator, prompt: str, max_new_tokens: int, seed: int) -> str:
+def generate_sample(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    accelerator: Accelerator,
+    prompt: str,
+    max_new_tokens: int,
+    seed: int,
+) -> str:
     """A sampled continuation of `</s>` + `prompt` (documents follow `</s>` in the packed training data).
 
     It runs on a forked RNG so that evaluating never changes the training run's random stream.
