@@ -378,7 +378,7 @@ def _read_proc_status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field} field.")
 
 
-def _cpu_training_memory_in_child(name: str, shape: BenchmarkShape, steps: int, seed: int) -> int:
+def _cpu_training_memory_in_child(name: str, shape: BenchmarkShape, steps: int, seed: int, dtype: str) -> int:
     """Runs in a fresh process: peak RSS of building the model and training it, over the RSS before."""
     torch.manual_seed(seed)
     warm = torch.randn(8, 8, requires_grad=True)  # torch's one-time set-up is not the model's memory
@@ -390,7 +390,7 @@ def _cpu_training_memory_in_child(name: str, shape: BenchmarkShape, steps: int, 
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     input_ids = random_tokens(shape.batch_size, shape.seq_len, shape.vocab_size, seed, torch.device("cpu"))
     for _ in range(steps):
-        train_step(model, optimizer, input_ids)
+        train_step(model, optimizer, input_ids, dtype)
     return (_read_proc_status_kib("VmHWM") - baseline) * 1024
 
 
@@ -418,14 +418,12 @@ def measure_training_memory(
         gc.collect()
         torch.cuda.empty_cache()
         return peak
-    if dtype != "float32":
-        raise ValueError(f"CPU memory is measured in float32 only, got dtype {dtype!r}.")
     if not os.path.exists("/proc/self/clear_refs"):
         raise RuntimeError("Measuring CPU memory needs Linux's /proc/self/clear_refs and VmHWM.")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["albertagpt.benchmark"])
     with context.Pool(1) as pool:
-        return pool.apply(_cpu_training_memory_in_child, (name, shape, steps, seed))
+        return pool.apply(_cpu_training_memory_in_child, (name, shape, steps, seed, dtype))
 
 
 def scaling_over_seq_len(

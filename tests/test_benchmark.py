@@ -18,6 +18,7 @@ from albertagpt.benchmark import (
     build_model,
     count_training_flops,
     format_table,
+    measure_training_memory,
     random_tokens,
     run_benchmark,
 )
@@ -105,3 +106,11 @@ def test_command_line_passes_its_settings_through(one_thread, tmp_path, monkeypa
     assert all(len(run["times_s"]) == 3 for per_model in results["generation"].values() for run in per_model.values())
     assert all(len(run["step_times_s"]) == 1 for run in results["training"].values())
     assert "generate tokens/s, batch 1" in capsys.readouterr().out
+
+
+def test_cpu_training_memory_is_measured_in_bfloat16_too():
+    fp32, bf16 = (
+        measure_training_memory("albertagpt", QUICK_SHAPE, torch.device("cpu"), steps=1, dtype=dtype)
+        for dtype in ("float32", "bfloat16")
+    )
+    assert fp32 > 0 and bf16 > 0
