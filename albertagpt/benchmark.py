@@ -515,6 +515,35 @@ def compute_ratios(results: dict[str, Any], peer: str) -> dict[str, float]:
     return ratios
 
 
+def round_ratio_quartiles(times: list[float], peer_times: list[float]) -> list[float]:
+    """First quartile, median and third quartile of the peer's time over AlbertAGPT's in each interleaved round.
+
+    Both models of a round ran back to back, so noise that lasts longer than a round cancels in its ratio; the
+    spread of these ratios shows how far one measurement of the ratio can be trusted.
+    """
+    ratios = [peer_time / time_ for time_, peer_time in zip(times, peer_times, strict=True)]
+    if len(ratios) == 1:
+        return ratios * 3
+    first, median, third = statistics.quantiles(ratios, n=4, method="inclusive")
+    return [first, median, third]
+
+
+def compute_round_ratios(results: dict[str, Any], peer: str) -> dict[str, list[float]]:
+    """`round_ratio_quartiles` of every timed comparison, under the keys of `compute_ratios`."""
+    training = results["training"]
+    spreads = {
+        "training_tokens_per_s": round_ratio_quartiles(
+            training["albertagpt"]["step_times_s"], training[peer]["step_times_s"]
+        )
+    }
+    for section, prefix in (("generation", "generate"), ("generation_static_compiled", "generate_static_compiled")):
+        for batch_key, per_model in results.get(section, {}).items():
+            spreads[f"{prefix}_tokens_per_s_{batch_key}"] = round_ratio_quartiles(
+                per_model["albertagpt"]["times_s"], per_model[peer]["times_s"]
+            )
+    return spreads
+
+
 def evaluate_targets(ratios: dict[str, float]) -> dict[str, dict[str, Any]]:
     """Each target of the issue against the measured ratio (memory: AlbertAGPT / GPT-2 must be <= 1)."""
     verdicts = {}
@@ -612,19 +641,27 @@ def run_benchmark(
     results["machine"]["load_average_1min_at_end"] = os.getloadavg()[0]
 
     results["ratios"] = {peer: compute_ratios(results, peer) for peer in MODEL_NAMES[1:]}
+    results["round_ratios"] = {peer: compute_round_ratios(results, peer) for peer in MODEL_NAMES[1:]}
     results["targets"] = evaluate_targets(results["ratios"][PEER])
     return results
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """A Markdown table: one row per metric, one column per model, then AlbertAGPT's ratio to each GPT-2."""
+    """A Markdown table: one row per metric, one column per model, then AlbertAGPT's ratio to each GPT-2 (for timed
+    metrics followed by the interquartile range of the per-round ratios, `round_ratio_quartiles`)."""
     names = results["models"]
     peers = names[1:]
     header = ["metric", *names, *(f"albertagpt / {peer}" for peer in peers), "target (vs gpt2)"]
     rows = []
 
     def add(metric: str, values: dict[str, float], fmt: str, ratio_key: str | None) -> None:
-        ratios = [f"{results['ratios'][peer][ratio_key]:.2f}x" if ratio_key else "" for peer in peers]
+        ratios = []
+        for peer in peers:
+            text = f"{results['ratios'][peer][ratio_key]:.2f}x" if ratio_key else ""
+            spread = results.get("round_ratios", {}).get(peer, {}).get(ratio_key)
+            if spread:
+                text += f" ({spread[0]:.2f}-{spread[2]:.2f})"
+            ratios.append(text)
         target = results["targets"].get(ratio_key) if ratio_key else None
         verdict = ""
         if target:
@@ -758,6 +795,8 @@ __all__ = [
     "scaling_over_depth",
     "run_benchmark",
     "compute_ratios",
+    "compute_round_ratios",
+    "round_ratio_quartiles",
     "evaluate_targets",
     "format_table",
     "format_scaling_tables",

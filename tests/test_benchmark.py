@@ -16,10 +16,12 @@ from albertagpt.benchmark import (
     TARGETS,
     BenchmarkShape,
     build_model,
+    compute_round_ratios,
     count_training_flops,
     format_table,
     measure_training_memory,
     random_tokens,
+    round_ratio_quartiles,
     run_benchmark,
 )
 
@@ -90,6 +92,7 @@ def test_run_benchmark_reports_every_measurement(one_thread):
         results["training"]["albertagpt"]["tokens_per_s"] / results["training"]["gpt2"]["tokens_per_s"]
     )
     assert set(results["targets"]) == set(TARGETS) - {"generate_tokens_per_s_batch_8"}  # batch 2 here, not 8
+    assert set(results["round_ratios"]["gpt2"]) == {"training_tokens_per_s", *(k for k in ratios if "generate" in k)}
     table = format_table(results)
     assert "training tokens/s" in table and "generate tokens/s, batch 2" in table
 
@@ -114,3 +117,20 @@ def test_cpu_training_memory_is_measured_in_bfloat16_too():
         for dtype in ("float32", "bfloat16")
     )
     assert fp32 > 0 and bf16 > 0
+
+
+def test_round_ratios_pair_the_models_round_by_round():
+    # A slow phase hits both models of a round: the per-round ratio stays 2 while the times vary 3x.
+    albertagpt_times = [1.0, 3.0, 1.0, 3.0, 2.0]
+    peer_times = [2.0 * t for t in albertagpt_times]
+    assert round_ratio_quartiles(albertagpt_times, peer_times) == [2.0, 2.0, 2.0]
+    assert round_ratio_quartiles([1.0, 1.0, 1.0, 1.0, 1.0], [1.0, 1.5, 2.0, 2.5, 3.0]) == [1.5, 2.0, 2.5]
+    assert round_ratio_quartiles([2.0], [3.0]) == [1.5, 1.5, 1.5]
+    results = {
+        "training": {"albertagpt": {"step_times_s": albertagpt_times}, "gpt2": {"step_times_s": peer_times}},
+        "generation": {"batch_1": {"albertagpt": {"times_s": [1.0, 2.0]}, "gpt2": {"times_s": [1.5, 2.0]}}},
+    }
+    assert compute_round_ratios(results, "gpt2") == {
+        "training_tokens_per_s": [2.0, 2.0, 2.0],
+        "generate_tokens_per_s_batch_1": [1.125, 1.25, 1.375],
+    }
