@@ -522,26 +522,24 @@ def round_ratio_quartiles(times: list[float], peer_times: list[float]) -> list[f
     spread of these ratios shows how far one measurement of the ratio can be trusted.
     """
     ratios = [peer_time / time_ for time_, peer_time in zip(times, peer_times, strict=True)]
-    if len(ratios) == 1:
-        return ratios * 3
     first, median, third = statistics.quantiles(ratios, n=4, method="inclusive")
     return [first, median, third]
 
 
-def compute_round_ratios(results: dict[str, Any], peer: str) -> dict[str, list[float]]:
-    """`round_ratio_quartiles` of every timed comparison, under the keys of `compute_ratios`."""
+def compute_round_ratios(results: dict[str, Any], peer: str, min_rounds: int = 3) -> dict[str, list[float]]:
+    """`round_ratio_quartiles` of every timed comparison of at least `min_rounds` rounds (fewer make no spread),
+    under the keys of `compute_ratios`."""
     training = results["training"]
-    spreads = {
-        "training_tokens_per_s": round_ratio_quartiles(
-            training["albertagpt"]["step_times_s"], training[peer]["step_times_s"]
-        )
-    }
+    timed = {"training_tokens_per_s": (training["albertagpt"]["step_times_s"], training[peer]["step_times_s"])}
     for section, prefix in (("generation", "generate"), ("generation_static_compiled", "generate_static_compiled")):
         for batch_key, per_model in results.get(section, {}).items():
-            spreads[f"{prefix}_tokens_per_s_{batch_key}"] = round_ratio_quartiles(
-                per_model["albertagpt"]["times_s"], per_model[peer]["times_s"]
-            )
-    return spreads
+            pair = (per_model["albertagpt"]["times_s"], per_model[peer]["times_s"])
+            timed[f"{prefix}_tokens_per_s_{batch_key}"] = pair
+    return {
+        key: round_ratio_quartiles(times, peer_times)
+        for key, (times, peer_times) in timed.items()
+        if len(times) >= min_rounds
+    }
 
 
 def evaluate_targets(ratios: dict[str, float]) -> dict[str, dict[str, Any]]:

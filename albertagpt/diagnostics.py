@@ -332,6 +332,8 @@ class DiagnosticsCallback(TrainerCallback):
         optimizer: torch.optim.Optimizer | None = None,
         **kwargs,
     ) -> None:
+        if model is None:  # `Trainer` always passes it; a hand-driven callback handler might not
+            raise ValueError("DiagnosticsCallback.on_train_begin needs the `model` it should watch.")
         self.recorder = DiagnosticsRecorder(model, optimizer)
         if self.every_n_steps is None:
             logging_steps = args.logging_steps  # a fraction (< 1) of the training run, or a step count

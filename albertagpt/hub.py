@@ -228,6 +228,12 @@ def render_model_card(
     template_path: Path = MODEL_CARD_TEMPLATE,
 ) -> ModelCard:
     """Fills the card template and its YAML metadata (license, tags, datasets, model-index) from the run."""
+    if "{{ card_data }}" not in template_path.read_text():
+        raise ValueError(
+            f"{template_path} is not a model card template (it has no `{{{{ card_data }}}}`). In the package it is a "
+            "symbolic link to the repository's model_card.md; a checkout without symbolic links (Windows by default) "
+            "holds the link's path instead: clone with `git config core.symlinks true`, or copy model_card.md over it."
+        )
     training_data = describe_training_data(recipe)
     model_name = repo_id.split("/")[-1]
     card_data = ModelCardData(

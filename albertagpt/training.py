@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.tracking import GeneralTracker
 from accelerate.utils import GradientAccumulationPlugin, set_seed
-from datasets import Dataset, IterableDataset
+from datasets import IterableDataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import (
@@ -39,7 +39,7 @@ from transformers import (
 )
 
 from .configuration_albertagpt import AlbertAGPTConfig
-from .data import TextSource, iter_texts, load_text_splits, pack_into_blocks
+from .data import AnyDataset, TextSource, iter_texts, load_text_splits, pack_into_blocks
 from .diagnostics import DiagnosticsRecorder
 from .modeling_albertagpt import AlbertAGPTForCausalLM
 from .tokenizer import train_tokenizer
@@ -291,7 +291,7 @@ def has_tokenizer(folder: str | Path) -> bool:
 
 
 def prepare_tokenizer(
-    recipe: TrainingRecipe, accelerator: Accelerator, checkpoint: Path | None, train_split: Dataset | IterableDataset
+    recipe: TrainingRecipe, accelerator: Accelerator, checkpoint: Path | None, train_split: AnyDataset
 ) -> PreTrainedTokenizerBase:
     """The checkpoint's tokenizer when resuming, else the recipe's, else the model folder's, else a new one.
 
@@ -354,9 +354,9 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def make_dataloader(
-    blocks: Dataset | IterableDataset,
+    blocks: AnyDataset,
     batch_size: int,
-    collator: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
+    collator: Callable[[list[dict[str, Any]]], Mapping[str, torch.Tensor]],
     seed: int,
     shuffle: bool,
 ) -> DataLoader:
@@ -377,7 +377,7 @@ def make_dataloader(
 
 def micro_batches(
     dataloader: DataLoader, accelerator: Accelerator, progress: TrainingProgress
-) -> Iterator[dict[str, torch.Tensor]]:
+) -> Iterator[Mapping[str, torch.Tensor]]:
     """Endless training batches; the same order after a resume (per-epoch seed + skipping consumed batches)."""
     while True:
         epoch_loader = dataloader

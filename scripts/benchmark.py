@@ -36,7 +36,7 @@ def main() -> None:
         )
     parser.add_argument("--train_steps", type=int, help="timed training steps per model")
     parser.add_argument(
-        "--generate_repeats", type=int, help="timed generate() calls per model and batch size (default 5)"
+        "--generate_repeats", type=int, help="timed generate() calls per model and batch size (5; 2 with --quick)"
     )
     parser.add_argument(
         "--output", help="default benchmarks/results.json (benchmarks/results_quick.json with --quick)"

@@ -92,7 +92,7 @@ def test_run_benchmark_reports_every_measurement(one_thread):
         results["training"]["albertagpt"]["tokens_per_s"] / results["training"]["gpt2"]["tokens_per_s"]
     )
     assert set(results["targets"]) == set(TARGETS) - {"generate_tokens_per_s_batch_8"}  # batch 2 here, not 8
-    assert set(results["round_ratios"]["gpt2"]) == {"training_tokens_per_s", *(k for k in ratios if "generate" in k)}
+    assert results["round_ratios"]["gpt2"] == {}  # one timed round each: no spread to report
     table = format_table(results)
     assert "training tokens/s" in table and "generate tokens/s, batch 2" in table
 
@@ -125,12 +125,14 @@ def test_round_ratios_pair_the_models_round_by_round():
     peer_times = [2.0 * t for t in albertagpt_times]
     assert round_ratio_quartiles(albertagpt_times, peer_times) == [2.0, 2.0, 2.0]
     assert round_ratio_quartiles([1.0, 1.0, 1.0, 1.0, 1.0], [1.0, 1.5, 2.0, 2.5, 3.0]) == [1.5, 2.0, 2.5]
-    assert round_ratio_quartiles([2.0], [3.0]) == [1.5, 1.5, 1.5]
     results = {
         "training": {"albertagpt": {"step_times_s": albertagpt_times}, "gpt2": {"step_times_s": peer_times}},
-        "generation": {"batch_1": {"albertagpt": {"times_s": [1.0, 2.0]}, "gpt2": {"times_s": [1.5, 2.0]}}},
+        "generation": {
+            "batch_1": {"albertagpt": {"times_s": [1.0, 2.0, 1.0]}, "gpt2": {"times_s": [1.5, 2.0, 2.0]}},
+            "batch_8": {"albertagpt": {"times_s": [1.0, 1.0]}, "gpt2": {"times_s": [2.0, 2.0]}},  # too few rounds
+        },
     }
     assert compute_round_ratios(results, "gpt2") == {
         "training_tokens_per_s": [2.0, 2.0, 2.0],
-        "generate_tokens_per_s_batch_1": [1.125, 1.25, 1.375],
+        "generate_tokens_per_s_batch_1": [1.25, 1.5, 1.75],
     }

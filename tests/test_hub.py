@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from pydoc_data.topics import topics
 from types import SimpleNamespace
@@ -487,9 +488,27 @@ def test_training_data_is_named_from_the_recipe(recipe, hub_datasets, descriptio
     assert description in training_data.description
 
 
-def test_the_card_template_ships_inside_the_package():
-    """`albertagpt/model_card.md` is the root template (a link), declared as package data so wheels carry it."""
-    assert hub.MODEL_CARD_TEMPLATE.parent == Path(hub.__file__).parent
-    assert hub.MODEL_CARD_TEMPLATE.read_text() == (REPO_ROOT / "model_card.md").read_text()
-    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
-    assert re.search(r'\[tool\.setuptools\.package-data\]\s*(#.*\n)*\s*albertagpt = \["model_card\.md"\]', pyproject)
+def test_the_wheel_carries_the_card_template(tmp_path):
+    """`albertagpt/model_card.md` links to the root template and is package data: a built wheel holds the text."""
+    source = tmp_path / "source"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    shutil.copytree(REPO_ROOT / "albertagpt", source / "albertagpt", symlinks=True, ignore=ignore)
+    for name in ("pyproject.toml", "README.md", "model_card.md"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    build = "from setuptools import build_meta; build_meta.build_wheel('dist')"
+    subprocess.run([sys.executable, "-c", build], cwd=source, check=True, capture_output=True)
+    (wheel,) = (source / "dist").glob("albertagpt-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        packaged = archive.read("albertagpt/model_card.md").decode()
+    assert packaged == (REPO_ROOT / "model_card.md").read_text()
+    assert hub.MODEL_CARD_TEMPLATE == Path(hub.__file__).parent / "model_card.md"
+
+
+def test_a_template_that_is_not_one_is_named(trained_dir, tmp_path):
+    # What a checkout without symbolic links (Windows, by default) holds in place of the linked template.
+    link_as_text = tmp_path / "model_card.md"
+    link_as_text.write_text("../model_card.md")
+    model = AlbertAGPTForCausalLM.from_pretrained(trained_dir)
+    metrics = hub.read_training_metrics(trained_dir / hub.METRICS_FILENAME)
+    with pytest.raises(ValueError, match="model_card.md.*is not a model card template"):
+        hub.render_model_card(model, metrics, None, "user/albertagpt-tiny", template_path=link_as_text)

@@ -78,6 +78,9 @@ def test_forward_matches_the_spec_written_out(groups: int, attn_implementation: 
 @pytest.mark.parametrize("hidden_dropout_prob", [0.0, 0.3])
 def test_hidden_dropout_acts_only_in_training(hidden_dropout_prob: float) -> None:
     model = make_model("sdpa", hidden_dropout_prob=hidden_dropout_prob)
+    # without dropout, no `nn.Dropout` modules at all: decoding pays no call for them
+    dropouts = [module for module in model.modules() if isinstance(module, torch.nn.Dropout)]
+    assert len(dropouts) == (0 if hidden_dropout_prob == 0 else 1 + model.config.num_hidden_groups)
     input_ids = random_ids(2, 12)
     with torch.no_grad():
         spec = reference_logits(model, input_ids)
@@ -322,9 +325,18 @@ def test_compiled_training_step_gives_the_same_loss_and_gradients() -> None:
     torch._dynamo.reset()
     compiled_model = torch.compile(model, fullgraph=True, backend="aot_eager")  # shares the parameters
     model.zero_grad()
-    compiled_model(input_ids, labels=input_ids, use_cache=False).loss.backward()
+    loss = compiled_model(input_ids, labels=input_ids, use_cache=False).loss
+    loss.backward()
+    with torch.no_grad():
+        torch.testing.assert_close(loss, model(input_ids, labels=input_ids).loss)
     for name, parameter in model.named_parameters():
         torch.testing.assert_close(parameter.grad, eager[name], atol=1e-6, rtol=1e-5, msg=name)
+
+    # with dropout on, the training step still compiles as one graph (its random masks differ from eager's)
+    dropout_model = make_model("sdpa", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1).train()
+    compiled_dropout_model = torch.compile(dropout_model, fullgraph=True, backend="aot_eager")
+    compiled_dropout_model(input_ids, labels=input_ids, use_cache=False).loss.backward()
+    assert all(parameter.grad is not None for parameter in dropout_model.parameters())
 
 
 def test_resize_token_embeddings_keeps_the_head_tied() -> None:
