@@ -1,7 +1,9 @@
 """Shared test helpers: tiny configs, and loading a saved folder the way a Hub user without the package would."""
 
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +80,27 @@ def reset_accelerate_state() -> None:
     """Forget the process-wide Accelerate state, so the next in-process run starts as a fresh script would."""
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+def subprocess_env(tmp_path: Path) -> dict:
+    # Own HF_HOME: no user Accelerate config applies, and the datasets cache is private to the test.
+    return {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_torchrun(script: str, *args: str, tmp_path: Path, processes: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node processes script args` from the repository root (CPU, gloo)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+    command += ["--master_port", str(free_port()), script, *args]
+    return subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(tmp_path), capture_output=True, text=True)

@@ -4,7 +4,8 @@ import json
 from pathlib import Path
 
 import torch
-from helpers import make_hub_snapshot, run_without_package, tiny_config
+from helpers import make_hub_snapshot, run_torchrun, run_without_package, tiny_config
+from tp_worker import fixed_batch
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from albertagpt import AlbertAGPTForCausalLM, AlbertAGPTForSequenceClassification, AlbertAGPTModel
@@ -102,3 +103,31 @@ def test_bfloat16_with_device_map_auto(tmp_path: Path) -> None:
         fp32 = model(input_ids).logits
     assert (bf16.argmax(-1) == fp32.argmax(-1)).float().mean() > 0.8
     torch.testing.assert_close(bf16, fp32, atol=0.25, rtol=0.05)
+
+
+def test_tensor_parallel_loading_on_two_cpu_processes_matches_one(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    # Two shared blocks applied twice each; 4 heads split 2 per process.
+    model = AlbertAGPTForCausalLM(tiny_config(num_hidden_layers=4, num_hidden_groups=2, initializer_range=0.2))
+    model.save_pretrained(tmp_path / "model")
+    out_file = tmp_path / "tp.pt"
+    completed = run_torchrun("tests/tp_worker.py", str(tmp_path / "model"), str(out_file), tmp_path=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    sharded = torch.load(out_file)
+
+    hidden, intermediate = model.config.hidden_size, model.config.intermediate_size
+    halves = {  # column-wise into each sublayer, row-wise out of it: each process holds half of every matrix
+        "self_attn.q_proj": [hidden // 2, hidden],
+        "self_attn.v_proj": [hidden // 2, hidden],
+        "self_attn.o_proj": [hidden, hidden // 2],
+        "mlp.up_proj": [intermediate // 2, hidden],
+        "mlp.down_proj": [hidden, intermediate // 2],
+    }
+    for group in range(model.config.num_hidden_groups):
+        for name, shape in halves.items():
+            assert sharded["local_shapes"][f"model.groups.{group}.{name}.weight"] == shape, (group, name)
+    input_ids = fixed_batch(model.config.vocab_size)
+    with torch.no_grad():
+        torch.testing.assert_close(sharded["logits"], model(input_ids).logits, rtol=0, atol=1e-5)
+    continuation = model.generate(input_ids[:1], max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    assert torch.equal(sharded["continuation"], continuation)

@@ -5,7 +5,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import torch
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 from fsdp2_worker import fsdp_test_model, global_batches, train_steps
-from helpers import REPO_ROOT, reset_accelerate_state, tiny_config
+from helpers import REPO_ROOT, free_port, reset_accelerate_state, run_torchrun, subprocess_env, tiny_config
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
@@ -89,23 +88,6 @@ def make_recipe(workspace: Path, output_dir: Path, **overrides) -> TrainingRecip
 def write_yaml(recipe: TrainingRecipe, path: Path) -> Path:
     path.write_text(yaml.safe_dump(asdict(recipe)))
     return path
-
-
-def subprocess_env(tmp_path: Path) -> dict:
-    # Own HF_HOME: no user Accelerate config applies, and the datasets cache is private to the test.
-    return {
-        **os.environ,
-        "HF_HOME": str(tmp_path / "hf_home"),
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def fixed_batch_logits(model_dir: Path) -> torch.Tensor:
@@ -424,9 +406,7 @@ def test_accelerate_configs_load_and_fsdp_wraps_the_shared_block():
 
 
 def test_fsdp2_wrap_plan_on_two_cpu_processes_matches_one(tmp_path):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
-    command += [str(free_port()), "tests/fsdp2_worker.py", str(tmp_path)]
-    completed = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(tmp_path), capture_output=True, text=True)
+    completed = run_torchrun("tests/fsdp2_worker.py", str(tmp_path), tmp_path=tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert plan["groups_are_units"] == [True, True] and plan["root_is_unit"] and plan["embeddings_are_not_a_unit"]
