@@ -329,6 +329,9 @@ def measure_generation(
     }
     if static_compiled:
         generate_kwargs["cache_implementation"] = "static"
+        # The forward is compiled here, with the mode below; transformers would otherwise compile it once more on
+        # GPUs (its automatic compilation of static-cache generation).
+        generate_kwargs["disable_compile"] = True
     times: dict[str, list[float]] = {name: [] for name in models}
     names = list(models)
     was_training = {name: model.training for name, model in models.items()}
