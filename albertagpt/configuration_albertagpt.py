@@ -47,6 +47,10 @@ class AlbertAGPTConfig(PreTrainedConfig):
         "groups.*.mlp.up_proj": "colwise",
         "groups.*.mlp.down_proj": "rowwise",
     }
+    # FSDP2 plan of transformers' native sharding (`DistributedConfig(fsdp_size=...)`): every weight group (shared
+    # block) is a unit, gathered per application; the embeddings stay in the root unit with the head tied to them.
+    # `albertagpt.distributed` applies the same plan under Accelerate or `torchrun`.
+    base_model_fsdp_plan = {"groups.*": "free_full_weight"}
 
     vocab_size: int = 32000
     embedding_size: int = 128

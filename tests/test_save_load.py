@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 from helpers import make_hub_snapshot, run_torchrun, run_without_package, tiny_config
-from tp_worker import fixed_batch
+from parallel_load_worker import fixed_batch
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from albertagpt import AlbertAGPTForCausalLM, AlbertAGPTForSequenceClassification, AlbertAGPTModel
@@ -105,16 +105,29 @@ def test_bfloat16_with_device_map_auto(tmp_path: Path) -> None:
     torch.testing.assert_close(bf16, fp32, atol=0.25, rtol=0.05)
 
 
-def test_tensor_parallel_loading_on_two_cpu_processes_matches_one(tmp_path: Path) -> None:
+def load_on_two_processes(parallelism: str, tmp_path: Path) -> tuple[AlbertAGPTForCausalLM, dict]:
+    """A saved model, and what `parallel_load_worker.py` measured of it loaded across two CPU processes."""
     torch.manual_seed(0)
-    # Two shared blocks applied twice each; 4 heads split 2 per process.
+    # Two shared blocks applied twice each; 4 heads split 2 per process under tensor parallelism.
     model = AlbertAGPTForCausalLM(tiny_config(num_hidden_layers=4, num_hidden_groups=2, initializer_range=0.2))
     model.save_pretrained(tmp_path / "model")
-    out_file = tmp_path / "tp.pt"
-    completed = run_torchrun("tests/tp_worker.py", str(tmp_path / "model"), str(out_file), tmp_path=tmp_path)
+    out_file = tmp_path / "parallel.pt"
+    worker_args = (parallelism, str(tmp_path / "model"), str(out_file))
+    completed = run_torchrun("tests/parallel_load_worker.py", *worker_args, tmp_path=tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    sharded = torch.load(out_file)
+    return model, torch.load(out_file)
 
+
+def assert_same_outputs(model: AlbertAGPTForCausalLM, split: dict) -> None:
+    input_ids = fixed_batch(model.config.vocab_size)
+    with torch.no_grad():
+        torch.testing.assert_close(split["logits"], model(input_ids).logits, rtol=0, atol=1e-5)
+    continuation = model.generate(input_ids[:1], max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    assert torch.equal(split["continuation"], continuation)
+
+
+def test_tensor_parallel_loading_on_two_cpu_processes_matches_one(tmp_path: Path) -> None:
+    model, split = load_on_two_processes("tp", tmp_path)
     hidden, intermediate = model.config.hidden_size, model.config.intermediate_size
     halves = {  # column-wise into each sublayer, row-wise out of it: each process holds half of every matrix
         "self_attn.q_proj": [hidden // 2, hidden],
@@ -125,9 +138,19 @@ def test_tensor_parallel_loading_on_two_cpu_processes_matches_one(tmp_path: Path
     }
     for group in range(model.config.num_hidden_groups):
         for name, shape in halves.items():
-            assert sharded["local_shapes"][f"model.groups.{group}.{name}.weight"] == shape, (group, name)
-    input_ids = fixed_batch(model.config.vocab_size)
-    with torch.no_grad():
-        torch.testing.assert_close(sharded["logits"], model(input_ids).logits, rtol=0, atol=1e-5)
-    continuation = model.generate(input_ids[:1], max_new_tokens=5, min_new_tokens=5, do_sample=False)
-    assert torch.equal(sharded["continuation"], continuation)
+            assert split["local_shapes"][f"model.groups.{group}.{name}.weight"] == shape, (group, name)
+    assert_same_outputs(model, split)
+
+
+def test_native_fsdp_loading_on_two_cpu_processes_matches_one(tmp_path: Path) -> None:
+    model, split = load_on_two_processes("fsdp", tmp_path)
+    # `base_model_fsdp_plan`: one unit per shared block, the tied embeddings and head in the root unit
+    assert split["fsdp_units"] == ["", "model.groups.0", "model.groups.1"]
+    hidden = model.config.hidden_size
+    for group in range(model.config.num_hidden_groups):  # each process holds half of every block weight's rows
+        assert split["local_shapes"][f"model.groups.{group}.self_attn.q_proj.weight"] == [hidden // 2, hidden]
+        assert split["local_shapes"][f"model.groups.{group}.mlp.down_proj.weight"] == [
+            hidden // 2,
+            model.config.intermediate_size,
+        ]
+    assert_same_outputs(model, split)
