@@ -15,20 +15,22 @@ from albertagpt import AlbertAGPTConfig
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+# Sizes of the tiny models the tests build (AlbertAGPT, and ALBERT for the conversion tests): two shared groups,
+# each applied twice.
+TINY_SIZES = dict(
+    embedding_size=16,
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_hidden_groups=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
+
+
 def tiny_config(**overrides) -> AlbertAGPTConfig:
     """A model small enough for a unit test; override any field."""
-    fields = dict(
-        vocab_size=97,
-        embedding_size=16,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_hidden_groups=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    fields.update(overrides)
-    return AlbertAGPTConfig(**fields)
+    return AlbertAGPTConfig(**{"vocab_size": 97, **TINY_SIZES, **overrides})
 
 
 def make_hub_snapshot(folder: Path, cache_dir: Path, repo_id: str) -> Path:

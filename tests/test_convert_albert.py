@@ -12,7 +12,7 @@ from pydoc_data.topics import topics
 
 import pytest
 import torch
-from helpers import REPO_ROOT, make_hub_snapshot
+from helpers import REPO_ROOT, TINY_SIZES, make_hub_snapshot
 from transformers import AlbertConfig, AlbertForMaskedLM, AlbertTokenizer, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import is_sentencepiece_available
 
@@ -38,19 +38,8 @@ def albert_tokenizer() -> AlbertTokenizer:
 
 def random_albert(vocab_size: int = 101, **overrides) -> AlbertForMaskedLM:
     """A tiny ALBERT whose every parameter (biases, LayerNorms, token types too) is drawn with a large std."""
-    fields = dict(
-        vocab_size=vocab_size,
-        embedding_size=16,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_hidden_groups=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    fields.update(overrides)
     torch.manual_seed(0)
-    albert = AlbertForMaskedLM(AlbertConfig(**fields)).eval()
+    albert = AlbertForMaskedLM(AlbertConfig(**{"vocab_size": vocab_size, **TINY_SIZES, **overrides})).eval()
     with torch.no_grad():
         for parameter in albert.parameters():
             parameter.normal_(0.0, 0.5)

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import TINY_SIZES
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from albertagpt.data import builtin_corpus
@@ -102,8 +103,7 @@ def workspace(tmp_path_factory) -> Path:
     documents = [text[:1500] for text in builtin_corpus("train")[:30]]
     (root / "corpus.txt").write_text("\n\n".join(text.replace("\n\n", "\n") for text in documents))
     train_tokenizer(documents, vocab_size=300).save_pretrained(root / "tokenizer")
-    model = dict(embedding_size=16, hidden_size=32, num_hidden_layers=4, num_hidden_groups=2, num_attention_heads=4)
-    (root / "model.json").write_text(json.dumps({**model, "intermediate_size": 64, "max_position_embeddings": 64}))
+    (root / "model.json").write_text(json.dumps(TINY_SIZES))
     return root
 
 

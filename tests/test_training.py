@@ -16,7 +16,15 @@ import torch
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 from fsdp2_worker import fsdp_test_model, global_batches, train_steps
-from helpers import REPO_ROOT, free_port, reset_accelerate_state, run_torchrun, subprocess_env, tiny_config
+from helpers import (
+    REPO_ROOT,
+    TINY_SIZES,
+    free_port,
+    reset_accelerate_state,
+    run_torchrun,
+    subprocess_env,
+    tiny_config,
+)
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
@@ -53,10 +61,8 @@ def workspace(tmp_path_factory) -> Path:
     documents = [text[:1500] for text in builtin_corpus("train")[:40]]
     (root / "corpus.txt").write_text("\n\n".join(text.replace("\n\n", "\n") for text in documents))
     train_tokenizer(documents, vocab_size=400).save_pretrained(root / "tokenizer")
-    model = dict(embedding_size=16, hidden_size=32, num_hidden_layers=4, num_hidden_groups=2)
-    model.update(num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
-    (root / "model.json").write_text(json.dumps({**model, "hidden_dropout_prob": 0.1}))
-    (root / "model_no_dropout.json").write_text(json.dumps(model))
+    (root / "model.json").write_text(json.dumps({**TINY_SIZES, "hidden_dropout_prob": 0.1}))
+    (root / "model_no_dropout.json").write_text(json.dumps(TINY_SIZES))
     return root
 
 
