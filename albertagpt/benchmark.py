@@ -45,6 +45,11 @@ PEER = "gpt2"
 # Special token ids shared by both models (AlbertAGPT's defaults); random inputs avoid them.
 PAD_TOKEN_ID, BOS_TOKEN_ID, EOS_TOKEN_ID = 0, 1, 2
 FIRST_ORDINARY_TOKEN = 3
+# Generation results: (section of the results, prefix of its ratio keys, table label).
+GENERATION_SECTIONS = (
+    ("generation", "generate", "generate tokens/s"),
+    ("generation_static_compiled", "generate_static_compiled", "static cache + compile tokens/s"),
+)
 
 # (metric key in `ratios`, minimum AlbertAGPT / GPT-2 ratio); memory is "at most 1.0" (lower is better).
 TARGETS = {
@@ -510,7 +515,7 @@ def compute_ratios(results: dict[str, Any], peer: str) -> dict[str, float]:
     }
     ratios["training_tokens_per_s"] = ratios.pop("tokens_per_s")
     ratios["peak_train_memory"] = memory["albertagpt"] / memory[peer]
-    for section, prefix in (("generation", "generate"), ("generation_static_compiled", "generate_static_compiled")):
+    for section, prefix, _ in GENERATION_SECTIONS:
         for batch_key, per_model in results.get(section, {}).items():
             ratios[f"{prefix}_tokens_per_s_{batch_key}"] = (
                 per_model["albertagpt"]["tokens_per_s"] / per_model[peer]["tokens_per_s"]
@@ -534,7 +539,7 @@ def compute_round_ratios(results: dict[str, Any], peer: str, min_rounds: int = 3
     under the keys of `compute_ratios`."""
     training = results["training"]
     timed = {"training_tokens_per_s": (training["albertagpt"]["step_times_s"], training[peer]["step_times_s"])}
-    for section, prefix in (("generation", "generate"), ("generation_static_compiled", "generate_static_compiled")):
+    for section, prefix, _ in GENERATION_SECTIONS:
         for batch_key, per_model in results.get(section, {}).items():
             pair = (per_model["albertagpt"]["times_s"], per_model[peer]["times_s"])
             timed[f"{prefix}_tokens_per_s_{batch_key}"] = pair
@@ -678,10 +683,7 @@ def format_table(results: dict[str, Any]) -> str:
     if "training_compiled" in results:
         compiled = results["training_compiled"]
         add("compiled training tokens/s", {n: compiled[n]["tokens_per_s"] for n in names}, ".0f", None)
-    for section, prefix, label in (
-        ("generation", "generate", "generate tokens/s"),
-        ("generation_static_compiled", "generate_static_compiled", "static cache + compile tokens/s"),
-    ):
+    for section, prefix, label in GENERATION_SECTIONS:
         for batch_key, per_model in results.get(section, {}).items():
             values = {n: per_model[n]["tokens_per_s"] for n in names}
             add(f"{label}, {batch_key.replace('_', ' ')}", values, ".1f", f"{prefix}_tokens_per_s_{batch_key}")
