@@ -144,10 +144,7 @@ class DiagnosticsRecorder:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None):
         self.model = base_model_of(model)
-        config = self.model.config
-        self.group_of_application = [
-            list(self.model.groups).index(self.model.group_for_layer(i)) for i in range(config.num_hidden_layers)
-        ]
+        self.group_of_application = [list(self.model.groups).index(block) for block in self.model.layer_applications()]
         self.active = False
         self.current_application: int | None = None  # set only while an application's forward runs
         self.handles = []

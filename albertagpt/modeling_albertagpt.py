@@ -282,9 +282,13 @@ class AlbertAGPTModel(AlbertAGPTPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings.word_embeddings = value
 
-    def group_for_layer(self, layer_idx: int) -> AlbertAGPTLayer:
-        """ALBERT's assignment: consecutive applications share a group (layers 0..L/G-1 use group 0, ...)."""
-        return self.groups[layer_idx * self.config.num_hidden_groups // self.config.num_hidden_layers]
+    def layer_applications(self) -> list[AlbertAGPTLayer]:
+        """The block each of the `num_hidden_layers` applications runs, in order. ALBERT's assignment: consecutive
+        applications share a group (applications 0..L/G-1 run group 0, ...). Resolved once per forward pass: looking
+        the block up per application (two config reads and a `ModuleList` index) cost 2% of a decoding step."""
+        num_layers, num_groups = self.config.num_hidden_layers, self.config.num_hidden_groups
+        groups = list(self.groups)
+        return [groups[layer_idx * num_groups // num_layers] for layer_idx in range(num_layers)]
 
     def check_positions(self, position_ids: torch.Tensor | None, past_length: int, input_length: int) -> None:
         """Learned absolute positions end at `max_position_embeddings`: say so instead of an index error."""
@@ -346,8 +350,8 @@ class AlbertAGPTModel(AlbertAGPTPreTrainedModel):
         if self.norms_need_token_mask and attention_mask is not None and attention_mask.dim() == 2:
             norm_kwargs["token_mask"] = attention_mask[:, -input_length:].bool()
 
-        for layer_idx in range(self.config.num_hidden_layers):
-            hidden_states = self.group_for_layer(layer_idx)(
+        for layer_idx, layer in enumerate(self.layer_applications()):
+            hidden_states = layer(
                 hidden_states,
                 attention_mask=causal_mask,
                 layer_idx=layer_idx,

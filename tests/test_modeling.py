@@ -132,7 +132,7 @@ def test_parameter_count_depends_on_groups_not_depth(layers: int, groups: int) -
 
 def test_group_assignment_follows_albert() -> None:
     model = AlbertAGPTModel(tiny_config(num_hidden_layers=6, num_hidden_groups=3))
-    assigned = [list(model.groups).index(model.group_for_layer(i)) for i in range(6)]
+    assigned = [list(model.groups).index(block) for block in model.layer_applications()]
     assert assigned == [0, 0, 1, 1, 2, 2]
 
 

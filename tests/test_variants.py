@@ -71,8 +71,7 @@ def written_out_forward(model: AlbertAGPTForCausalLM, input_ids: torch.Tensor) -
         return block.self_attn(x, causal, application)[0]
 
     applications = []
-    for i in range(config.num_hidden_layers):
-        block = base.group_for_layer(i)
+    for i, block in enumerate(base.layer_applications()):
         record = {}
         if config.norm_position == "pre":
             normed = norm(h, block.pre_attention_layernorm)
