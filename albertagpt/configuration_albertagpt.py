@@ -61,8 +61,9 @@ class AlbertAGPTConfig(PreTrainedConfig):
     intermediate_size: int = 3072
     hidden_act: str = "gelu_pytorch_tanh"
     max_position_embeddings: int = 1024
-    hidden_dropout_prob: float = 0.0
-    attention_probs_dropout_prob: float = 0.0
+    # `int` too, as in ALBERT's and GPT-2's configs: a config.json written by hand or by ALBERT may say `0`.
+    hidden_dropout_prob: float | int = 0.0
+    attention_probs_dropout_prob: float | int = 0.0
     layer_norm_eps: float = 1e-5
     norm_position: str = "post"
     norm_type: str = "layernorm"

@@ -257,9 +257,15 @@ class AlbertAGPTPreTrainedModel(PreTrainedModel):
         "attentions": AlbertAGPTAttention,
     }
 
+    def __init__(self, config: AlbertAGPTConfig, *inputs, **kwargs):
+        # `from_pretrained(path, num_attention_heads=...)` sets its overrides on a config that was validated before
+        # them: check again before building, so that they fail with the same `ValueError` as at creation.
+        config.validate_architecture()
+        super().__init__(config, *inputs, **kwargs)
+
     def post_init(self) -> None:
         super().post_init()
-        self.config.auto_map = {**AUTO_MAP, **getattr(self.config, "auto_map", {})}
+        self.config.auto_map = {**AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
 
 
 class AlbertAGPTModel(AlbertAGPTPreTrainedModel):
@@ -479,7 +485,8 @@ class AlbertAGPTForCausalLM(AlbertAGPTPreTrainedModel, GenerationMixin):
 
 
 class AlbertAGPTForSequenceClassification(AlbertAGPTPreTrainedModel):
-    """Classifies a sequence from the hidden state of its last non-pad token (as GPT-2 does)."""
+    """Classifies a sequence from the hidden state of its last non-pad token (as GPT-2 does). Without `position_ids`,
+    positions count the real tokens of `attention_mask`, so left and right padding give the same logits."""
 
     def __init__(self, config: AlbertAGPTConfig):
         super().__init__(config)
@@ -511,6 +518,12 @@ class AlbertAGPTForSequenceClassification(AlbertAGPTPreTrainedModel):
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Class indices (cross-entropy), or float targets when `config.num_labels == 1` (regression).
         """
+        if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
+            # Positions count real tokens only, so that a left-padded row gets the logits of the same row unpadded
+            # (the base model's default positions would count its pads).
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            if cache is not None:  # the mask covers the cached tokens too
+                position_ids = position_ids[:, cache.get_seq_length() :]
         outputs: BaseModelOutputWithPast = self.model(
             input_ids,
             attention_mask=attention_mask,
@@ -615,11 +628,7 @@ def albertagpt_config_from_albert(albert_config: AlbertConfig) -> AlbertAGPTConf
             f"ALBERT's `position_embedding_type` is {position_embedding_type!r}: AlbertAGPT learns absolute "
             "positions, so only checkpoints with `position_embedding_type='absolute'` convert."
         )
-    fields = {field: getattr(albert_config, field) for field in ALBERT_SHARED_CONFIG_FIELDS}
-    # ALBERT's configs store dropouts as `0`, which AlbertAGPT's strict config would reject as an int.
-    for field in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-        fields[field] = float(fields[field])
-    return AlbertAGPTConfig(**fields)
+    return AlbertAGPTConfig(**{field: getattr(albert_config, field) for field in ALBERT_SHARED_CONFIG_FIELDS})
 
 
 def albertagpt_name_from_albert(albert_name: str) -> str:

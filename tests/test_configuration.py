@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, tiny_config
 from transformers import AutoConfig
 
 from albertagpt import AlbertAGPTConfig, AlbertAGPTForCausalLM
@@ -42,6 +42,33 @@ def test_invalid_config_json_is_rejected_on_load(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(text)
     with pytest.raises(ValueError, match="`num_hidden_groups`"):
         AutoConfig.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "override,named",
+    [
+        (dict(num_attention_heads=5), "num_attention_heads"),
+        (dict(num_hidden_groups=3), "num_hidden_groups"),
+        (dict(hidden_act="not_an_activation"), "hidden_act"),
+    ],
+)
+def test_from_pretrained_overrides_are_validated_like_the_config(tmp_path: Path, override: dict, named: str) -> None:
+    AlbertAGPTForCausalLM(tiny_config()).save_pretrained(tmp_path)  # 4 layers, 2 groups, hidden 32
+    with pytest.raises(ValueError, match=f"`{named}`"):
+        AlbertAGPTForCausalLM.from_pretrained(tmp_path, **override)
+
+
+def test_dropouts_may_be_written_as_integers() -> None:
+    written_by_hand = {**tiny_config().to_dict(), "hidden_dropout_prob": 0, "attention_probs_dropout_prob": 0}
+    config = AlbertAGPTConfig.from_dict(written_by_hand)
+    assert config.hidden_dropout_prob == 0 and config.attention_probs_dropout_prob == 0
+    AlbertAGPTForCausalLM(config)
+
+
+def test_a_null_auto_map_is_filled_in() -> None:
+    config = tiny_config()
+    config.auto_map = None
+    assert AlbertAGPTForCausalLM(config).config.auto_map["AutoModelForCausalLM"].endswith("AlbertAGPTForCausalLM")
 
 
 def test_defaults_match_the_spec() -> None:

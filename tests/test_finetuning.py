@@ -99,6 +99,21 @@ def test_classifier_pools_the_last_non_pad_token_so_padding_does_not_change_logi
     torch.testing.assert_close(alone[0], model.score(hidden[0, -1]))
 
 
+def test_classifier_gives_left_padded_rows_the_logits_of_the_unpadded_rows() -> None:
+    torch.manual_seed(0)
+    model = AlbertAGPTForSequenceClassification(tiny_config(num_labels=3, initializer_range=0.3)).eval()
+    short = torch.tensor([[11, 12, 13, 14]])
+    long = torch.tensor([[21, 22, 23, 24, 25, 26]])
+    left_padded = torch.tensor([[0, 0, 11, 12, 13, 14], [21, 22, 23, 24, 25, 26]])
+    with torch.no_grad():
+        batch = model(left_padded, attention_mask=(left_padded != 0).long()).logits
+        alone = torch.cat([model(short).logits, model(long).logits])
+        # Positions counted from the first column (pads included) shift the short row: the logits move.
+        shifted = model(left_padded, attention_mask=(left_padded != 0).long(), position_ids=torch.arange(6)[None])
+    torch.testing.assert_close(batch, alone, atol=1e-5, rtol=1e-5)
+    assert (shifted.logits[0] - alone[0]).abs().max() > 1e-3
+
+
 def test_classifier_computes_cross_entropy_and_regression_losses() -> None:
     torch.manual_seed(0)
     input_ids = torch.tensor([[11, 12, 13, 0], [21, 22, 23, 24]])
