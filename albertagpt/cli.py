@@ -6,10 +6,11 @@ into argparse options). An unknown field, in the YAML file or on the command lin
 """
 
 import argparse
+import typing
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from transformers import HfArgumentParser
@@ -30,6 +31,25 @@ def check_field_names(recipe_type: type, names: Sequence[str], where: str) -> No
         )
 
 
+def list_field_names(recipe_type: type) -> set[str]:
+    """The fields typed `list[...]` (or `list[...] | None`)."""
+    hints = typing.get_type_hints(recipe_type)
+    return {
+        name
+        for name, hint in hints.items()
+        if list in (typing.get_origin(hint), *(typing.get_origin(arg) for arg in typing.get_args(hint)))
+    }
+
+
+def wrap_single_values(recipe_type: type, values: dict[str, Any]) -> dict[str, Any]:
+    """`train_files: data.txt` or `report_to: none` in YAML (or as a keyword) means a list of one item, not a list
+    of the string's characters."""
+    list_fields = list_field_names(recipe_type)
+    return {
+        name: [value] if name in list_fields and isinstance(value, str) else value for name, value in values.items()
+    }
+
+
 def read_yaml_recipe(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -45,7 +65,7 @@ def load_recipe(recipe_type: type[Recipe], config: str | Path | None = None, **o
     values = read_yaml_recipe(config) if config is not None else {}
     check_field_names(recipe_type, list(values), f"recipe file {str(config)!r}")
     check_field_names(recipe_type, list(overrides), "the overrides")
-    return recipe_type(**{**values, **overrides})
+    return recipe_type(**wrap_single_values(recipe_type, {**values, **overrides}))
 
 
 def parse_recipe(recipe_type: type[Recipe], argv: Sequence[str] | None = None, description: str = "") -> Recipe:
@@ -58,7 +78,8 @@ def parse_recipe(recipe_type: type[Recipe], argv: Sequence[str] | None = None, d
     if known.config is not None:
         values = read_yaml_recipe(known.config)
         check_field_names(recipe_type, list(values), f"recipe file {known.config!r}")
-        parser.set_defaults(**values)  # argparse still converts string values with the field's type
+        # argparse still converts string values with the field's type
+        parser.set_defaults(**wrap_single_values(recipe_type, values))
     recipe, *_, unknown = parser.parse_args_into_dataclasses(rest, return_remaining_strings=True)
     if unknown:
         flags = [item.removeprefix("--") for item in unknown if item.startswith("--")]

@@ -90,10 +90,15 @@ def check_files(paths: list[str]) -> str:
     return builders.pop()
 
 
-def load_text_splits(source: TextSource) -> dict[str, AnyDataset]:
-    """`{"train": ..., "validation": ...}`, each holding only `source.text_column`, blank documents removed.
+def held_out_every(validation_split_percentage: int) -> int:
+    """A source without a validation split gives up one document in this many (about the percentage)."""
+    return round(100 / validation_split_percentage)
 
-    A source without a validation split gives up every k-th document (k = 100 / percentage), which works
+
+def load_text_splits(source: TextSource) -> dict[str, AnyDataset]:
+    """`{"train": ..., "validation": ...}`, each holding only `source.text_column`, blank and null documents removed.
+
+    A source without a validation split gives up one document in `held_out_every(percentage)`, which works
     the same way for streamed data, whose length is unknown.
     """
     column = source.text_column
@@ -119,13 +124,13 @@ def load_text_splits(source: TextSource) -> dict[str, AnyDataset]:
     if "validation" in splits:
         validation = splits["validation"]
     else:
-        every = round(100 / source.validation_split_percentage)
+        every = held_out_every(source.validation_split_percentage)
         validation = train.filter(lambda _, index: index % every == 0, with_indices=True)
         train = train.filter(lambda _, index: index % every != 0, with_indices=True)
 
     result = {}
     for name, dataset in (("train", train), ("validation", validation)):
-        dataset = dataset.select_columns([column]).filter(lambda example: bool(example[column].strip()))
+        dataset = dataset.select_columns([column]).filter(lambda example: bool((example[column] or "").strip()))
         if is_empty(dataset):
             raise ValueError(f"The {name} split of {what} holds no text in column {column!r}: the corpus is empty.")
         result[name] = dataset
@@ -170,6 +175,7 @@ __all__ = [
     "TextSource",
     "builtin_corpus",
     "check_files",
+    "held_out_every",
     "iter_texts",
     "load_text_splits",
     "pack_into_blocks",

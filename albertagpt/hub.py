@@ -24,6 +24,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 from transformers.utils.hub import convert_file_size_to_int
 
+from .data import BUILTIN_HELD_OUT_EVERY, held_out_every
 from .modeling_albertagpt import AlbertAGPTForCausalLM
 
 # `albertagpt/model_card.md` links to the repository root's template; wheels carry it as package data.
@@ -181,7 +182,8 @@ def describe_training_data(recipe: dict[str, Any] | None) -> TrainingData:
             "unknown",
             "held-out split of the training data",
         )
-    split = f"{recipe['validation_split_percentage']}% " if recipe.get("validation_split_percentage") else ""
+    percentage = recipe.get("validation_split_percentage")
+    split = f"one document in {held_out_every(percentage)} held out" if percentage else "a held-out share"
     if recipe.get("dataset_name"):
         name = recipe["dataset_name"]
         config_name = f" (config `{recipe['dataset_config_name']}`)" if recipe.get("dataset_config_name") else ""
@@ -189,18 +191,18 @@ def describe_training_data(recipe: dict[str, Any] | None) -> TrainingData:
             f"The Hub dataset [`{name}`](https://huggingface.co/datasets/{name}){config_name}.",
             [name],
             name,
-            f"{name}, {split}held-out split",
+            f"{name}, its validation split (without one: {split})",
         )
     if recipe.get("train_files"):
         files = recipe["train_files"]
         files = [files] if isinstance(files, str) else files
         listed = ", ".join(f"`{Path(file).name}`" for file in files)
-        return TrainingData(f"Local text files: {listed}.", None, "local-files", f"{split}held-out split of {listed}")
+        return TrainingData(f"Local text files: {listed}.", None, "local-files", f"{listed}, {split}")
     return TrainingData(
         f"The English text of Python's own documentation that ships with every Python (`{BUILTIN_CORPUS}`).",
         None,
         BUILTIN_CORPUS,
-        f"Python documentation ({BUILTIN_CORPUS}), {split}held-out split",
+        f"Python documentation ({BUILTIN_CORPUS}), one topic in {BUILTIN_HELD_OUT_EVERY} held out",
     )
 
 

@@ -48,6 +48,23 @@ CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 TEMPORARY_PREFIX = ".tmp-"  # a checkpoint being written; never matches CHECKPOINT_NAME
 METRICS_FILE = "metrics.jsonl"
 RECIPE_FILE = "training_recipe.json"
+CHECKPOINT_MANIFEST = "checkpoint_files.json"  # every file of a checkpoint with its size, written last
+# Recipe fields that change only what a run reports or keeps, not the weights it computes: they may change on resume.
+REPORTING_FIELDS = (
+    "output_dir",
+    "resume_from_checkpoint",
+    "logging_steps",
+    "eval_steps",
+    "max_eval_batches",
+    "per_device_eval_batch_size",
+    "checkpointing_steps",
+    "save_total_limit",
+    "report_to",
+    "sample_prompt",
+    "sample_max_new_tokens",
+    "diagnostics",
+    "cpu_threads",
+)
 MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
 
 
@@ -108,6 +125,8 @@ class TrainingRecipe(TextSource):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.mixed_precision is False:  # YAML reads an unquoted `mixed_precision: no` as false
+            self.mixed_precision = "no"
         if self.cpu_threads is not None and self.cpu_threads <= 0:
             raise ValueError(f"`cpu_threads` must be a positive integer, got {self.cpu_threads}.")
         for name in (
@@ -236,11 +255,38 @@ def resolve_checkpoint(recipe: TrainingRecipe) -> Path | None:
             )
         return None
     if recipe.resume_from_checkpoint == "latest":
-        return latest_checkpoint(recipe.output_dir)
+        latest = latest_checkpoint(recipe.output_dir)
+        if latest is not None:
+            verify_checkpoint(latest)
+        return latest
     path = Path(recipe.resume_from_checkpoint)
     if not path.is_dir():
         raise FileNotFoundError(f"`resume_from_checkpoint` {str(path)!r} is not a checkpoint folder.")
+    verify_checkpoint(path)
     return path
+
+
+def write_manifest(folder: Path) -> None:
+    files = [path for path in sorted(folder.rglob("*")) if path.is_file()]
+    sizes = {str(path.relative_to(folder)): path.stat().st_size for path in files}
+    (folder / CHECKPOINT_MANIFEST).write_text(json.dumps(sizes, indent=2) + "\n")
+
+
+def verify_checkpoint(folder: Path) -> None:
+    """Checks that every file the checkpoint was written with is there at its size. A deleted or truncated file is
+    named here instead of failing deep inside `load_state` or, for a rank's RNG state, not failing at all (the run
+    would resume, but not exactly). Checkpoints written before the manifest existed are not checked."""
+    manifest = folder / CHECKPOINT_MANIFEST
+    if not manifest.is_file():
+        return
+    for name, size in json.loads(manifest.read_text()).items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != size:
+            found = "is missing" if not path.is_file() else f"has {path.stat().st_size} bytes instead of {size}"
+            raise ValueError(
+                f"Checkpoint {folder} is damaged: {name} {found}. Resume from an earlier checkpoint "
+                "(`--resume_from_checkpoint <folder>`, or delete this one and use `latest`) or start a new run."
+            )
 
 
 def save_checkpoint(
@@ -261,8 +307,10 @@ def save_checkpoint(
         shutil.rmtree(temporary)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary))  # every rank writes its own RNG state into it
+    accelerator.wait_for_everyone()  # all ranks' files are in place before the manifest lists them
     if accelerator.is_main_process:
         tokenizer.save_pretrained(temporary)
+        write_manifest(temporary)
         if final.exists():  # resumed from an earlier checkpoint, this step is reached again
             shutil.rmtree(final)
         os.replace(temporary, final)
@@ -274,6 +322,40 @@ def save_checkpoint(
 
 
 # -------------------------------------------------------------------------------------------------- set-up
+
+
+def recipe_changes(saved: Mapping[str, Any], recipe: TrainingRecipe) -> list[str]:
+    """`field: old -> new` for every field outside `REPORTING_FIELDS` that differs from the saved recipe."""
+    return [
+        f"{name}: {saved[name]!r} -> {value!r}"
+        for name, value in asdict(recipe).items()
+        if name in saved and name not in REPORTING_FIELDS and saved[name] != value
+    ]
+
+
+def warn_about_recipe_changes(accelerator: Accelerator, saved_recipe: Path, recipe: TrainingRecipe) -> None:
+    """A resumed run continues with the recipe it is given; say so when that is not the recipe it started with."""
+    if not saved_recipe.is_file():
+        return
+    changes = recipe_changes(json.loads(saved_recipe.read_text()), recipe)
+    if changes:
+        say(
+            accelerator,
+            f"Warning: resuming with a recipe that differs from the one in {saved_recipe}: {'; '.join(changes)}. "
+            "The run continues with the new values, so it will not match an uninterrupted run of either recipe.",
+        )
+
+
+def check_gradient_accumulation(accelerator: Accelerator, recipe_steps: int) -> None:
+    """The loop accumulates the recipe's number of micro-batches per optimizer step, but Accelerate lets a DeepSpeed
+    config's `gradient_accumulation_steps` replace the recipe's: DeepSpeed would then step more often than the
+    schedule."""
+    if accelerator.gradient_accumulation_steps != recipe_steps:
+        raise ValueError(
+            f"The Accelerate config sets `gradient_accumulation_steps` to {accelerator.gradient_accumulation_steps}, "
+            f"the recipe to {recipe_steps}: remove it from the config's `deepspeed_config` (Accelerate then passes "
+            "the recipe's) or make the two equal."
+        )
 
 
 def read_model_config(model_config: str) -> AlbertAGPTConfig:
@@ -514,13 +596,18 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
     train_loader = make_dataloader(train_blocks, recipe.per_device_train_batch_size, collator, recipe.seed, True)
     eval_loader = make_dataloader(eval_blocks, recipe.per_device_eval_batch_size, collator, recipe.seed, False)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    check_gradient_accumulation(accelerator, recipe.gradient_accumulation_steps)
     check_weight_tying(accelerator.unwrap_model(model))
     recorder = DiagnosticsRecorder(accelerator.unwrap_model(model), optimizer) if recipe.diagnostics else None
 
     accelerator.register_for_checkpointing(progress, scheduler)
     if checkpoint is not None:
         say(accelerator, f"Resuming from {checkpoint}")
-        accelerator.load_state(str(checkpoint))
+        warn_about_recipe_changes(accelerator, checkpoint.parent / RECIPE_FILE, recipe)
+        try:
+            accelerator.load_state(str(checkpoint))
+        except Exception as error:  # a file of the right size but unreadable content
+            raise RuntimeError(f"Could not load checkpoint {checkpoint}: {error}") from error
     if accelerator.is_main_process:
         (output_dir / RECIPE_FILE).write_text(json.dumps(asdict(recipe), indent=2) + "\n")
     accelerator.init_trackers("tensorboard", config=tracker_config(recipe))

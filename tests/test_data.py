@@ -77,6 +77,16 @@ def test_streaming_gives_the_same_blocks_and_packing_is_cached(tmp_path, tokeniz
     assert packed.cache_files and again.cache_files == packed.cache_files
 
 
+def test_null_and_blank_documents_are_dropped(tmp_path):
+    rows = [{"text": "first"}, {"text": None}, {"other": 1}, {"text": "  "}, {"text": "second"}, {"text": "third"}]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    splits = load_text_splits(TextSource(train_files=[str(path)], validation_split_percentage=50))
+    # One row in two is held out before blank and null rows are dropped: rows 0, 2, 4 and rows 1, 3, 5.
+    assert list(iter_texts(splits["validation"])) == ["first", "second"]
+    assert list(iter_texts(splits["train"])) == ["third"]
+
+
 @pytest.mark.parametrize(
     "contents, kwargs, error, match",
     [

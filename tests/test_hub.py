@@ -488,6 +488,18 @@ def test_training_data_is_named_from_the_recipe(recipe, hub_datasets, descriptio
     assert description in training_data.description
 
 
+@pytest.mark.parametrize(
+    ("recipe", "held_out"),
+    [
+        ({"validation_split_percentage": 5}, "Python documentation (pydoc_data.topics), one topic in 10 held out"),
+        ({"train_files": ["a.txt"], "validation_split_percentage": 20}, "`a.txt`, one document in 5 held out"),
+        ({"dataset_name": "wikitext", "validation_split_percentage": 5}, "wikitext, its validation split (without "),
+    ],
+)
+def test_the_card_names_the_held_out_split_that_training_used(recipe, held_out):
+    assert hub.describe_training_data(recipe).eval_dataset_name.startswith(held_out)
+
+
 def test_the_wheel_carries_the_card_template(tmp_path):
     """`albertagpt/model_card.md` links to the root template and is package data: a built wheel holds the text."""
     source = tmp_path / "source"

@@ -4,6 +4,7 @@ equal one, atomic checkpoints, non-finite losses, bad input, recipes, and the FS
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from accelerate import Accelerator
 from accelerate.commands.config.config_args import load_config_from_file
 from fsdp2_worker import fsdp_test_model, global_batches, train_steps
 from helpers import (
@@ -34,12 +36,17 @@ from albertagpt.data import builtin_corpus
 from albertagpt.distributed import FSDP_UNIT_CLASSES
 from albertagpt.tokenizer import train_tokenizer
 from albertagpt.training import (
+    CHECKPOINT_MANIFEST,
     TrainingRecipe,
+    check_gradient_accumulation,
     latest_checkpoint,
     list_checkpoints,
     parameter_groups,
     read_metrics,
+    recipe_changes,
     train,
+    verify_checkpoint,
+    warn_about_recipe_changes,
 )
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -368,6 +375,52 @@ def test_bad_input_is_named(workspace, tmp_path):
         train(make_recipe(workspace, tmp_path / "f"))
 
 
+def test_a_damaged_checkpoint_is_named_before_resuming(workspace, reference_run, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    checkpoint = out / "checkpoint-8"
+    shutil.copytree(reference_run / "checkpoint-8", checkpoint)
+    manifest = json.loads((checkpoint / CHECKPOINT_MANIFEST).read_text())
+    assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "tokenizer.json"} <= set(manifest)
+    verify_checkpoint(checkpoint)  # intact
+
+    # A lost RNG state would otherwise resume without a word, and not exactly.
+    (checkpoint / "random_states_0.pkl").unlink()
+    with pytest.raises(ValueError, match=r"checkpoint-8 is damaged: random_states_0.pkl is missing"):
+        train(make_recipe(workspace, out, resume_from_checkpoint="latest"))
+    shutil.copy(reference_run / "checkpoint-8" / "random_states_0.pkl", checkpoint)
+    weights = checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"model.safetensors has 100 bytes instead of \d+"):
+        train(make_recipe(workspace, out, resume_from_checkpoint=str(checkpoint)))
+
+
+def test_resuming_with_another_recipe_names_what_changed(workspace, tmp_path, capsys):
+    saved = asdict(make_recipe(workspace, tmp_path / "run"))
+    changed = make_recipe(workspace, tmp_path / "run", block_size=16, max_steps=12, logging_steps=1, eval_steps=2)
+    # Reporting fields (logging, evaluation) may change; what the weights depend on is named.
+    assert recipe_changes(saved, changed) == ["block_size: 32 -> 16", "max_steps: 8 -> 12"]
+    assert recipe_changes(saved, make_recipe(workspace, tmp_path / "run", logging_steps=1)) == []
+    (tmp_path / "training_recipe.json").write_text(json.dumps(saved))
+    warn_about_recipe_changes(Accelerator(), tmp_path / "training_recipe.json", changed)
+    assert "block_size: 32 -> 16; max_steps: 8 -> 12" in capsys.readouterr().out
+
+
+def test_gradient_accumulation_other_than_the_recipe_is_refused():
+    accelerator = Accelerator(gradient_accumulation_steps=1)  # what a DeepSpeed config of 1 leaves
+    check_gradient_accumulation(accelerator, 1)
+    with pytest.raises(ValueError, match="`gradient_accumulation_steps` to 1, the recipe to 4"):
+        check_gradient_accumulation(accelerator, 4)
+
+
+def test_a_single_value_for_a_list_field_is_a_list_of_one(tmp_path):
+    recipe_file = tmp_path / "single.yaml"
+    recipe_file.write_text("train_files: data/a.txt\nreport_to: none\nmixed_precision: no\n")
+    recipe = parse_recipe(TrainingRecipe, ["--config", str(recipe_file)])
+    assert (recipe.train_files, recipe.report_to, recipe.mixed_precision) == (["data/a.txt"], ["none"], "no")
+    assert load_recipe(TrainingRecipe, None, train_files="data/a.txt").train_files == ["data/a.txt"]
+
+
 def test_recipes_load_and_unknown_fields_are_named(tmp_path):
     tiny = REPO_ROOT / "configs/train/tiny.yaml"
     base = load_recipe(TrainingRecipe, REPO_ROOT / "configs/train/base.yaml")
@@ -405,7 +458,10 @@ def test_accelerate_configs_load_and_fsdp_wraps_the_shared_block():
         kinds[path.stem] = load_config_from_file(str(path))
     assert set(kinds) == {"single_gpu", "multi_gpu", "multi_node", "fsdp", "deepspeed_zero2", "deepspeed_zero3"}
     assert kinds["multi_node"].num_machines > 1
-    assert [kinds[f"deepspeed_zero{stage}"].deepspeed_config["zero_stage"] for stage in (2, 3)] == [2, 3]
+    for stage in (2, 3):
+        deepspeed = kinds[f"deepspeed_zero{stage}"].deepspeed_config
+        assert deepspeed["zero_stage"] == stage
+        assert "gradient_accumulation_steps" not in deepspeed  # left out so that Accelerate passes the recipe's
     fsdp = kinds["fsdp"].fsdp_config
     assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert tuple(fsdp["fsdp_transformer_layer_cls_to_wrap"].split(",")) == FSDP_UNIT_CLASSES
