@@ -103,7 +103,9 @@ class TrainingRecipe(TextSource):
     )
     logging_steps: int = 10
     eval_steps: int = 200
-    max_eval_batches: int | None = field(default=None, metadata={"help": "Cap on held-out batches per evaluation."})
+    max_eval_batches: int | None = field(
+        default=None, metadata={"help": "Cap on held-out batches per evaluation, in each process."}
+    )
     checkpointing_steps: int = 500
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep only the newest N checkpoints."})
     report_to: list[str] = field(
@@ -497,14 +499,19 @@ def say(accelerator: Accelerator, message: str) -> None:
 def evaluate(
     model: torch.nn.Module, dataloader: DataLoader, accelerator: Accelerator, max_batches: int | None
 ) -> float:
-    """Mean held-out loss per token over all blocks (every block has `block_size` tokens)."""
+    """Mean held-out loss per token over all blocks (every block has `block_size` tokens, none is padding)."""
     model.eval()
     losses = []
     for index, batch in enumerate(dataloader):
         if max_batches is not None and index >= max_batches:
             break
-        loss = model(**batch, use_cache=False).loss.detach().float()  # no KV cache: nothing decodes later
-        losses.append(accelerator.gather_for_metrics(loss.repeat(len(batch["input_ids"]))))
+        logits = model(input_ids=batch["input_ids"], use_cache=False).logits.float()  # no KV cache: nothing decodes
+        # One loss per block, so that `gather_for_metrics` drops exactly the blocks that Accelerate repeated to give
+        # every process a full last batch (a batch mean would carry them in).
+        token_losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), reduction="none"
+        )
+        losses.append(accelerator.gather_for_metrics(token_losses.view(len(logits), -1).mean(1)))
     model.train()
     if not losses:
         raise ValueError("The held-out split holds no full block of `block_size` tokens: lower it or add data.")

@@ -272,6 +272,8 @@ def test_resume_after_sigkill_is_exact(workspace, reference_run, tmp_path):
 def test_two_processes_equal_one_with_the_same_global_batch(workspace, tmp_path):
     model_config = str(workspace / "model_no_dropout.json")  # dropout masks differ between ranks
     common = dict(model_config=model_config, gradient_accumulation_steps=1, max_steps=6, checkpointing_steps=6)
+    # All 99 held-out blocks, in batches of 4: the last batch of a process is part real blocks, part repeated ones.
+    common.update(max_eval_batches=None, per_device_eval_batch_size=4)
     train(make_recipe(workspace, tmp_path / "one", per_device_train_batch_size=4, **common))
     config = write_yaml(
         make_recipe(workspace, tmp_path / "two", per_device_train_batch_size=2, **common), tmp_path / "r.yaml"
@@ -290,6 +292,13 @@ def test_two_processes_equal_one_with_the_same_global_batch(workspace, tmp_path)
     torch.testing.assert_close(
         fixed_batch_logits(tmp_path / "two"), fixed_batch_logits(tmp_path / "one"), rtol=0, atol=1e-4
     )
+    # The blocks Accelerate repeats to fill the last batch of a process do not count in the held-out loss.
+    eval_losses = [
+        [row["eval_loss"] for row in read_metrics(tmp_path / run / "metrics.jsonl") if "eval_loss" in row]
+        for run in ("one", "two")
+    ]
+    assert len(eval_losses[0]) == 3
+    torch.testing.assert_close(torch.tensor(eval_losses[1]), torch.tensor(eval_losses[0]), rtol=0, atol=1e-4)
 
 
 def test_interrupted_checkpoint_write_is_never_latest(workspace, reference_run, tmp_path, monkeypatch):
