@@ -377,7 +377,8 @@ def has_tokenizer(folder: str | Path) -> bool:
 def prepare_tokenizer(
     recipe: TrainingRecipe, accelerator: Accelerator, checkpoint: Path | None, train_split: AnyDataset
 ) -> PreTrainedTokenizerBase:
-    """The checkpoint's tokenizer when resuming, else the recipe's, else the model folder's, else a new one.
+    """The checkpoint's tokenizer when resuming, else the recipe's, else the model folder's, else (for a new model
+    only) a new one.
 
     A new one is trained on the training split by the main process and saved to `output_dir`, where the
     other processes load it.
@@ -387,6 +388,11 @@ def prepare_tokenizer(
             return AutoTokenizer.from_pretrained(candidate)
     if recipe.tokenizer is not None:
         raise FileNotFoundError(f"`tokenizer` {recipe.tokenizer!r} is not a tokenizer folder.")
+    if Path(recipe.model_config).is_dir():
+        raise FileNotFoundError(
+            f"The model to continue from, {recipe.model_config!r}, has no tokenizer: pass `tokenizer` (the folder of "
+            "the tokenizer it was trained with). A newly trained tokenizer's ids would not match its embeddings."
+        )
     if accelerator.is_main_process:
         say(
             accelerator,

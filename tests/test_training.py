@@ -377,6 +377,9 @@ def test_bad_input_is_named(workspace, tmp_path):
     AlbertAGPTForCausalLM(tiny_config(vocab_size=300, max_position_embeddings=64)).save_pretrained(small)
     with pytest.raises(ValueError, match="400 tokens .* `vocab_size` 300"):
         train(make_recipe(workspace, tmp_path / "e", model_config=str(small)))
+    # ... and from a model folder without a tokenizer, when none is given: a new one would not fit its embeddings.
+    with pytest.raises(FileNotFoundError, match="small_model.*has no tokenizer"):
+        train(make_recipe(workspace, tmp_path / "h", model_config=str(small), tokenizer=None))
 
     # A fresh run into a folder that already holds checkpoints would mix two runs.
     (tmp_path / "f" / "checkpoint-3").mkdir(parents=True)
