@@ -303,8 +303,12 @@ class AlbertAGPTModel(AlbertAGPTPreTrainedModel):
         max_positions = self.config.max_position_embeddings
         if position_ids is None:
             last_position = past_length + input_length - 1
+        elif position_ids.numel():
+            first_position, last_position = (int(bound) for bound in torch.aminmax(position_ids))
+            if first_position < 0:
+                raise ValueError(f"`position_ids` must not be negative, got {first_position}.")
         else:
-            last_position = int(position_ids.max()) if position_ids.numel() else -1
+            last_position = -1
         if last_position >= max_positions:
             raise ValueError(
                 f"Position {last_position} is out of range: this model has learned positions only up to "

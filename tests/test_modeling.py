@@ -369,6 +369,8 @@ def test_a_sequence_longer_than_max_position_embeddings_names_the_field() -> Non
     with pytest.raises(ValueError, match="max_position_embeddings"):
         model(random_ids(1, 5), cache=cache)
     assert model(random_ids(1, 16)).logits.shape == (1, 16, 97)  # exactly the maximum is fine
+    with pytest.raises(ValueError, match="`position_ids` must not be negative, got -1"):
+        model(random_ids(1, 3), position_ids=torch.tensor([[-1, 0, 1]]))
 
 
 def test_generation_past_max_position_embeddings_names_the_field() -> None:
