@@ -669,10 +669,15 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
                 accelerator.backward(loss)
         loss_value = accelerator.reduce(step_loss, reduction="mean").item()
         if not math.isfinite(loss_value):
+            last_good = latest_checkpoint(output_dir)
+            kept = (
+                "No checkpoint was written yet"
+                if last_good is None
+                else f"The last good checkpoint, untouched, is {last_good}"
+            )
             raise FloatingPointError(
                 f"Non-finite training loss ({loss_value}) at step {step}: stopped before updating the weights. "
-                f"The last good checkpoint, untouched, is {latest_checkpoint(output_dir)}; lower `learning_rate` "
-                "or check the data."
+                f"{kept}; lower `learning_rate` or check the data."
             )
         if recipe.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)

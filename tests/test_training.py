@@ -358,6 +358,11 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint(workspace,
     for name in ("model.safetensors", "optimizer.bin"):
         assert (out / "checkpoint-4" / name).read_bytes() == (reference_run / "checkpoint-4" / name).read_bytes()
 
+    training_calls.clear()
+    reset_accelerate_state()
+    with pytest.raises(FloatingPointError, match="at step 6.*No checkpoint was written yet"):
+        train(make_recipe(workspace, tmp_path / "early", checkpointing_steps=8))
+
 
 def test_bad_input_is_named(workspace, tmp_path):
     with pytest.raises(ValueError, match=r"`block_size` \(128\) exceeds the model's `max_position_embeddings` \(64\)"):
