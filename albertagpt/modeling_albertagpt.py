@@ -304,7 +304,7 @@ class AlbertAGPTModel(AlbertAGPTPreTrainedModel):
         if position_ids is None:
             last_position = past_length + input_length - 1
         elif position_ids.numel():
-            first_position, last_position = (int(bound) for bound in torch.aminmax(position_ids))
+            first_position, last_position = torch.stack(torch.aminmax(position_ids)).tolist()  # one device sync
             if first_position < 0:
                 raise ValueError(f"`position_ids` must not be negative, got {first_position}.")
         else:

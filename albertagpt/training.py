@@ -49,6 +49,18 @@ TEMPORARY_PREFIX = ".tmp-"  # a checkpoint being written; never matches CHECKPOI
 METRICS_FILE = "metrics.jsonl"
 RECIPE_FILE = "training_recipe.json"
 CHECKPOINT_MANIFEST = "checkpoint_files.json"  # every file of a checkpoint with its size, written last
+# Recipe fields that a resumed run takes from its checkpoint whatever the recipe says: the optimizer's and the
+# scheduler's saved state hold the learning rate, betas and weight decay, and the checkpoint holds the tokenizer
+# and the weights.
+RESTORED_FIELDS = (
+    "learning_rate",
+    "adam_beta1",
+    "adam_beta2",
+    "weight_decay",
+    "tokenizer",
+    "vocab_size",
+    "model_config",
+)
 # Recipe fields that change only what a run reports or keeps, not the weights it computes: they may change on resume.
 REPORTING_FIELDS = (
     "output_dir",
@@ -291,12 +303,16 @@ def verify_checkpoint(folder: Path) -> None:
             )
 
 
+def write_recipe(recipe: TrainingRecipe, folder: Path) -> None:
+    (folder / RECIPE_FILE).write_text(json.dumps(asdict(recipe), indent=2) + "\n")
+
+
 def save_checkpoint(
     accelerator: Accelerator,
     output_dir: Path,
     step: int,
     tokenizer: PreTrainedTokenizerBase,
-    save_total_limit: int | None,
+    recipe: TrainingRecipe,
 ) -> Path:
     """Writes `checkpoint-<step>` atomically: everything goes into a temporary folder that is then renamed.
 
@@ -312,12 +328,13 @@ def save_checkpoint(
     accelerator.wait_for_everyone()  # all ranks' files are in place before the manifest lists them
     if accelerator.is_main_process:
         tokenizer.save_pretrained(temporary)
+        write_recipe(recipe, temporary)  # what a resumed run compares its recipe with
         write_manifest(temporary)
         if final.exists():  # resumed from an earlier checkpoint, this step is reached again
             shutil.rmtree(final)
         os.replace(temporary, final)
-        if save_total_limit is not None:
-            for old in list_checkpoints(output_dir)[:-save_total_limit]:
+        if recipe.save_total_limit is not None:
+            for old in list_checkpoints(output_dir)[: -recipe.save_total_limit]:
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
@@ -326,25 +343,43 @@ def save_checkpoint(
 # -------------------------------------------------------------------------------------------------- set-up
 
 
-def recipe_changes(saved: Mapping[str, Any], recipe: TrainingRecipe) -> list[str]:
-    """`field: old -> new` for every field outside `REPORTING_FIELDS` that differs from the saved recipe."""
-    return [
-        f"{name}: {saved[name]!r} -> {value!r}"
-        for name, value in asdict(recipe).items()
-        if name in saved and name not in REPORTING_FIELDS and saved[name] != value
-    ]
+def recipe_changes(saved: Mapping[str, Any], recipe: TrainingRecipe) -> dict[str, list[str]]:
+    """`field: old -> new` for every field outside `REPORTING_FIELDS` that differs from the saved recipe, split into
+    those the checkpoint overrides (`"restored"`, see `RESTORED_FIELDS`) and those that take effect (`"applied"`)."""
+    changes = {"restored": [], "applied": []}
+    for name, value in asdict(recipe).items():
+        if name in saved and name not in REPORTING_FIELDS and saved[name] != value:
+            changes["restored" if name in RESTORED_FIELDS else "applied"].append(
+                f"{name}: {saved[name]!r} -> {value!r}"
+            )
+    return changes
 
 
 def warn_about_recipe_changes(accelerator: Accelerator, saved_recipe: Path, recipe: TrainingRecipe) -> None:
-    """A resumed run continues with the recipe it is given; say so when that is not the recipe it started with."""
+    """Says what differs from the recipe the checkpoint was written with (checkpoints from before the recipe was saved
+    in them are not compared), and which of the differences the checkpoint overrides."""
     if not saved_recipe.is_file():
         return
     changes = recipe_changes(json.loads(saved_recipe.read_text()), recipe)
-    if changes:
+    if changes["restored"] or changes["applied"]:
         say(
             accelerator,
-            f"Warning: resuming with a recipe that differs from the one in {saved_recipe}: {'; '.join(changes)}. "
-            "The run continues with the new values, so it will not match an uninterrupted run of either recipe.",
+            f"Warning: resuming with a recipe that differs from the one {saved_recipe.parent.name} was written with. "
+            f"Taking effect: {'; '.join(changes['applied']) or 'nothing'}. Ignored, restored from the checkpoint: "
+            f"{'; '.join(changes['restored']) or 'nothing'}. The run will not match an uninterrupted one.",
+        )
+
+
+def warn_about_process_count(accelerator: Accelerator, checkpoint: Path) -> None:
+    """Every rank restores its own RNG state; Accelerate only logs a missing one. A checkpoint written by another
+    number of processes resumes with another data split and RNG streams: say so."""
+    written_by = len(list(checkpoint.glob("random_states_*.pkl")))
+    if written_by != accelerator.num_processes:
+        say(
+            accelerator,
+            f"Warning: {checkpoint.name} was written by {written_by} process(es), this run has "
+            f"{accelerator.num_processes}: the data order and random streams change, so the run will not match an "
+            "uninterrupted one.",
         )
 
 
@@ -355,8 +390,8 @@ def check_gradient_accumulation(accelerator: Accelerator, recipe_steps: int) -> 
     if accelerator.gradient_accumulation_steps != recipe_steps:
         raise ValueError(
             f"The Accelerate config sets `gradient_accumulation_steps` to {accelerator.gradient_accumulation_steps}, "
-            f"the recipe to {recipe_steps}: remove it from the config's `deepspeed_config` (Accelerate then passes "
-            "the recipe's) or make the two equal."
+            f'the recipe to {recipe_steps}: set it to "auto" in a DeepSpeed JSON file, or leave it out of the '
+            "Accelerate YAML's `deepspeed_config`, so that Accelerate passes the recipe's; or make the two equal."
         )
 
 
@@ -505,23 +540,25 @@ def say(accelerator: Accelerator, message: str) -> None:
 def evaluate(
     model: torch.nn.Module, dataloader: DataLoader, accelerator: Accelerator, max_batches: int | None
 ) -> float:
-    """Mean held-out loss per token over all blocks (every block has `block_size` tokens, none is padding)."""
+    """Mean held-out loss per predicted token over all blocks (tokens the collator labels -100 do not count)."""
     model.eval()
-    losses = []
+    loss_sums, token_counts = [], []
     for index, batch in enumerate(dataloader):
         if max_batches is not None and index >= max_batches:
             break
         logits = model(input_ids=batch["input_ids"], use_cache=False).logits.float()  # no KV cache: nothing decodes
-        # One loss per block, so that `gather_for_metrics` drops exactly the blocks that Accelerate repeated to give
-        # every process a full last batch (a batch mean would carry them in).
+        labels = batch["labels"][:, 1:]  # -100 where the collator ignores a token (a pad id that is also eos)
         token_losses = torch.nn.functional.cross_entropy(
-            logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), reduction="none"
-        )
-        losses.append(accelerator.gather_for_metrics(token_losses.view(len(logits), -1).mean(1)))
+            logits[:, :-1].flatten(0, 1), labels.flatten(), reduction="none"
+        ).view_as(labels)
+        # Sums and counts per block, so that `gather_for_metrics` drops exactly the blocks that Accelerate repeated to
+        # give every process a full last batch (a batch mean would carry them in).
+        loss_sums.append(accelerator.gather_for_metrics(token_losses.sum(1)))
+        token_counts.append(accelerator.gather_for_metrics((labels != -100).sum(1)))
     model.train()
-    if not losses:
+    if not loss_sums:
         raise ValueError("The held-out split holds no full block of `block_size` tokens: lower it or add data.")
-    return torch.cat(losses).mean().item()
+    return (torch.cat(loss_sums).sum() / torch.cat(token_counts).sum()).item()
 
 
 @torch.no_grad()
@@ -616,13 +653,14 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
     accelerator.register_for_checkpointing(progress, scheduler)
     if checkpoint is not None:
         say(accelerator, f"Resuming from {checkpoint}")
-        warn_about_recipe_changes(accelerator, checkpoint.parent / RECIPE_FILE, recipe)
+        warn_about_recipe_changes(accelerator, checkpoint / RECIPE_FILE, recipe)
+        warn_about_process_count(accelerator, checkpoint)
         try:
             accelerator.load_state(str(checkpoint))
         except Exception as error:  # a file of the right size but unreadable content
             raise RuntimeError(f"Could not load checkpoint {checkpoint}: {error}") from error
     if accelerator.is_main_process:
-        (output_dir / RECIPE_FILE).write_text(json.dumps(asdict(recipe), indent=2) + "\n")
+        write_recipe(recipe, output_dir)
     accelerator.init_trackers("tensorboard", config=tracker_config(recipe))
 
     def evaluate_and_log(step: int, log: bool = True) -> tuple[float, str]:
@@ -704,7 +742,7 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
         if step % recipe.eval_steps == 0 and step != recipe.max_steps:
             evaluate_and_log(step)
         if step % recipe.checkpointing_steps == 0 or step == recipe.max_steps:
-            save_checkpoint(accelerator, output_dir, step, tokenizer, recipe.save_total_limit)
+            save_checkpoint(accelerator, output_dir, step, tokenizer, recipe)
     progress_bar.close()
 
     # A run resumed at its last step only reports: its final evaluation is already in metrics.jsonl.

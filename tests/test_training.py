@@ -39,6 +39,7 @@ from albertagpt.training import (
     CHECKPOINT_MANIFEST,
     TrainingRecipe,
     check_gradient_accumulation,
+    evaluate,
     latest_checkpoint,
     list_checkpoints,
     parameter_groups,
@@ -46,7 +47,7 @@ from albertagpt.training import (
     recipe_changes,
     train,
     verify_checkpoint,
-    warn_about_recipe_changes,
+    warn_about_process_count,
 )
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -412,15 +413,50 @@ def test_a_damaged_checkpoint_is_named_before_resuming(workspace, reference_run,
         train(make_recipe(workspace, out, resume_from_checkpoint=str(checkpoint)))
 
 
-def test_resuming_with_another_recipe_names_what_changed(workspace, tmp_path, capsys):
+def test_resuming_with_another_recipe_names_what_changed(workspace, reference_run, tmp_path, capsys):
     saved = asdict(make_recipe(workspace, tmp_path / "run"))
-    changed = make_recipe(workspace, tmp_path / "run", block_size=16, max_steps=12, logging_steps=1, eval_steps=2)
-    # Reporting fields (logging, evaluation) may change; what the weights depend on is named.
-    assert recipe_changes(saved, changed) == ["block_size: 32 -> 16", "max_steps: 8 -> 12"]
-    assert recipe_changes(saved, make_recipe(workspace, tmp_path / "run", logging_steps=1)) == []
-    (tmp_path / "training_recipe.json").write_text(json.dumps(saved))
-    warn_about_recipe_changes(Accelerator(), tmp_path / "training_recipe.json", changed)
-    assert "block_size: 32 -> 16; max_steps: 8 -> 12" in capsys.readouterr().out
+    changed = make_recipe(workspace, tmp_path / "run", block_size=16, learning_rate=5e-3, logging_steps=1)
+    # Reporting fields (logging, evaluation) may change; the others are named, split by what the checkpoint restores.
+    assert recipe_changes(saved, changed) == {
+        "restored": ["learning_rate: 0.01 -> 0.005"],
+        "applied": ["block_size: 32 -> 16"],
+    }
+    assert recipe_changes(saved, make_recipe(workspace, tmp_path / "run", logging_steps=1)) == {
+        "restored": [],
+        "applied": [],
+    }
+
+    # The checkpoint holds the recipe it was written with, and the warning tells the truth: a new learning rate is
+    # ignored (the optimizer and scheduler states restore the old one), so the run still ends where the reference
+    # run does.
+    out = tmp_path / "resumed"
+    out.mkdir()
+    shutil.copytree(reference_run / "checkpoint-4", out / "checkpoint-4")
+    assert json.loads((out / "checkpoint-4" / "training_recipe.json").read_text())["learning_rate"] == 1e-2
+    capsys.readouterr()
+    train(make_recipe(workspace, out, resume_from_checkpoint="latest", learning_rate=5e-3))
+    printed = capsys.readouterr().out
+    assert "Taking effect: nothing. Ignored, restored from the checkpoint: learning_rate: 0.01 -> 0.005." in printed
+    assert max_weight_difference(out, reference_run) <= 1e-6
+
+
+def test_resuming_with_another_number_of_processes_warns(tmp_path, capsys):
+    for rank in range(2):
+        (tmp_path / f"random_states_{rank}.pkl").write_bytes(b"")
+    warn_about_process_count(Accelerator(), tmp_path)
+    assert "written by 2 process(es), this run has 1" in capsys.readouterr().out
+
+
+def test_held_out_loss_ignores_the_tokens_the_collator_ignores():
+    torch.manual_seed(0)
+    model = AlbertAGPTForCausalLM(tiny_config())
+    input_ids = torch.randint(3, 97, (3, 16))
+    labels = input_ids.clone()
+    labels[:, ::5] = -100  # what the collator writes where the pad id is also the eos id
+    batches = [{"input_ids": input_ids[:2], "labels": labels[:2]}, {"input_ids": input_ids[2:], "labels": labels[2:]}]
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, labels=labels).loss.item()  # the mean over predicted tokens
+    assert evaluate(model, batches, Accelerator(), max_batches=None) == pytest.approx(expected, rel=1e-5)
 
 
 def test_gradient_accumulation_other_than_the_recipe_is_refused():
