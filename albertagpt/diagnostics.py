@@ -11,7 +11,9 @@ What is recorded, for one optimizer step:
   update-to-weight ratio `||W_after - W_before|| / ||W_before||` of the optimizer step;
 - for pre-LN models, the RMS before and after the final norm.
 
-RMS values are over every element of the batch, padding included. Three ways in: `diagnose_batch` (one batch, a
+RMS values are over every element of the batch, padding included. A step of several micro-batches (gradient
+accumulation) is recorded as one batch: its statistics combine the sums of squares of every micro-batch. Three ways
+in: `diagnose_batch` (one batch, a
 table), `DiagnosticsCallback` (a `transformers.Trainer`), and `DiagnosticsRecorder` (any loop; `train --diagnostics`).
 """
 
@@ -130,8 +132,18 @@ def base_model_of(model: nn.Module) -> AlbertAGPTModel:
     raise TypeError(f"{type(model).__name__} holds no AlbertAGPTModel to diagnose.")
 
 
-def rms(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().float().pow(2).mean().sqrt()
+# A running sum of squares and element count: what an RMS or a norm over all micro-batches of a step needs.
+SquareSum = tuple[torch.Tensor, int]
+
+
+def add_squares(totals: dict, key: object, tensor: torch.Tensor) -> None:
+    squares, count = totals.get(key, (0.0, 0))
+    totals[key] = (squares + tensor.detach().float().pow(2).sum(), count + tensor.numel())
+
+
+def root_mean(total: SquareSum) -> float:
+    squares, count = total
+    return math.sqrt(float(squares) / count)
 
 
 class DiagnosticsRecorder:
@@ -167,10 +179,10 @@ class DiagnosticsRecorder:
     # --- recording -------------------------------------------------------------------------------------------
 
     def clear(self) -> None:
-        self.residual_grad_norms: dict[int, torch.Tensor] = {}
-        self.output_rms: dict[int, torch.Tensor] = {}
-        self.norm_rms: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
-        self.final_norm_rms: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.residual_grad_squares: dict[int, SquareSum] = {}  # application -> over its outputs' gradients
+        self.output_squares: dict[int, SquareSum] = {}  # application -> over its outputs
+        self.norm_squares: dict[tuple[int, str, str], SquareSum] = {}  # (application, norm, "in"/"out") -> ...
+        self.final_norm_squares: dict[str, SquareSum] = {}  # "in"/"out" -> ...
         self.grad_squares: dict[int, dict[int, torch.Tensor]] = {}  # group -> id(parameter) -> ||grad||^2
         self.weights_before: dict[int, list[torch.Tensor]] = {}
         self.update_to_weight: dict[int, float] = {}
@@ -187,11 +199,11 @@ class DiagnosticsRecorder:
         application, self.current_application = self.current_application, None
         if not self.active:
             return
-        self.output_rms[application] = rms(output)
+        add_squares(self.output_squares, application, output)
         if output.requires_grad:
 
             def record_grad(grad: torch.Tensor) -> None:
-                self.residual_grad_norms[application] = grad.detach().float().norm()
+                add_squares(self.residual_grad_squares, application, grad)
 
             output.register_hook(record_grad)
 
@@ -199,14 +211,15 @@ class DiagnosticsRecorder:
         def record(norm: nn.Module, args: tuple, output: torch.Tensor) -> None:
             # No application is current while the backward pass recomputes a checkpointed block: skip those calls.
             if self.active and self.current_application is not None:
-                per_norm = self.norm_rms.setdefault(self.current_application, {})
-                per_norm[norm_name] = (rms(args[0]), rms(output))
+                add_squares(self.norm_squares, (self.current_application, norm_name, "in"), args[0])
+                add_squares(self.norm_squares, (self.current_application, norm_name, "out"), output)
 
         return record
 
     def final_norm_hook(self, norm: nn.Module, args: tuple, output: torch.Tensor) -> None:
         if self.active:
-            self.final_norm_rms = (rms(args[0]), rms(output))
+            add_squares(self.final_norm_squares, "in", args[0])
+            add_squares(self.final_norm_squares, "out", output)
 
     def grad_hook(self, group: int) -> Callable[[torch.Tensor], None]:
         def record(parameter: torch.Tensor) -> None:
@@ -242,12 +255,18 @@ class DiagnosticsRecorder:
             ApplicationStats(
                 application=i,
                 group=group,
-                residual_grad_norm=float(self.residual_grad_norms[i]) if i in self.residual_grad_norms else None,
-                output_rms=float(self.output_rms[i]),
-                norm_rms={name: (float(a), float(b)) for name, (a, b) in self.norm_rms.get(i, {}).items()},
+                residual_grad_norm=math.sqrt(float(self.residual_grad_squares[i][0]))
+                if i in self.residual_grad_squares
+                else None,
+                output_rms=root_mean(self.output_squares[i]),
+                norm_rms={
+                    name: (root_mean(self.norm_squares[i, name, "in"]), root_mean(self.norm_squares[i, name, "out"]))
+                    for name in BLOCK_NORM_NAMES
+                    if (i, name, "in") in self.norm_squares
+                },
             )
             for i, group in enumerate(self.group_of_application)
-            if i in self.output_rms
+            if i in self.output_squares
         ]
         groups = [
             GroupStats(
@@ -260,7 +279,9 @@ class DiagnosticsRecorder:
             )
             for group in range(len(self.model.groups))
         ]
-        final = None if self.final_norm_rms is None else (float(self.final_norm_rms[0]), float(self.final_norm_rms[1]))
+        final = None
+        if self.final_norm_squares:
+            final = (root_mean(self.final_norm_squares["in"]), root_mean(self.final_norm_squares["out"]))
         self.clear()
         return LayerDiagnostics(applications, groups, final)
 

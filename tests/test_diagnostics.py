@@ -74,13 +74,18 @@ def test_post_layernorm_outputs_have_unit_rms_at_init() -> None:
     assert all(row.update_to_weight is None for row in stats.groups)  # no optimizer, no step
 
 
-def test_group_gradient_covers_every_accumulated_micro_batch() -> None:
-    model = variant_model("post-layernorm", num_hidden_layers=4, num_hidden_groups=2)
+@pytest.mark.parametrize("variant", ["post-layernorm", "pre-layernorm"])
+def test_accumulated_micro_batches_are_recorded_as_one_batch(variant: str) -> None:
+    model = variant_model(variant, num_hidden_layers=4, num_hidden_groups=2)
+    micro_batches = (random_ids(2, 8), random_ids(2, 8))
+    whole_batch = diagnose_batch(copy.deepcopy(model), {"input_ids": torch.cat(micro_batches)})
     recorder = DiagnosticsRecorder(model)
     recorder.start()
-    for input_ids in (random_ids(2, 8), random_ids(2, 8)):
-        model(input_ids, labels=input_ids).loss.backward()
+    for input_ids in micro_batches:  # as a training loop accumulates: each loss divided by the number of batches
+        (model(input_ids, labels=input_ids).loss / len(micro_batches)).backward()
     stats = recorder.collect()
+    # Residual gradients, every RMS and the groups' gradients cover both micro-batches, as for the whole batch.
+    assert stats.to_metrics() == pytest.approx(whole_batch.to_metrics(), rel=1e-4)
     for row, block in zip(stats.groups, model.model.groups, strict=True):
         expected = math.sqrt(sum(p.grad.pow(2).sum().item() for p in block.parameters()))
         assert row.grad_norm == pytest.approx(expected, rel=1e-5)
