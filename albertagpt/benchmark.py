@@ -440,8 +440,6 @@ def scaling_over_seq_len(
     """Training tokens/s at each sequence length, with the tokens per step held at the main shape's."""
     rows = []
     for seq_len in settings.scaling_seq_lens:
-        if seq_len > shape.max_positions:
-            raise ValueError(f"Scaling sequence length {seq_len} exceeds `max_positions` ({shape.max_positions}).")
         batch_size = max(1, shape.tokens_per_step // seq_len)
         input_ids = random_tokens(batch_size, seq_len, shape.vocab_size, settings.seed, device)
         measured = measure_training(models, input_ids, settings.scaling_steps, 1, settings.dtype)
@@ -568,6 +566,18 @@ def allow_recompiles() -> AbstractContextManager:
     return torch._dynamo.config.patch(recompile_limit=64)
 
 
+def check_lengths_fit(shape: BenchmarkShape, settings: BenchmarkSettings) -> None:
+    """Every sequence the run will build fits the models' positions: checked before minutes of measuring."""
+    for seq_len in settings.scaling_seq_lens:
+        if seq_len > shape.max_positions:
+            raise ValueError(f"Scaling sequence length {seq_len} exceeds `max_positions` ({shape.max_positions}).")
+    if settings.prompt_len + settings.new_tokens > shape.max_positions:
+        raise ValueError(
+            f"`prompt_len` + `new_tokens` ({settings.prompt_len} + {settings.new_tokens}) exceeds `max_positions` "
+            f"({shape.max_positions})."
+        )
+
+
 def run_benchmark(
     shape: BenchmarkShape, settings: BenchmarkSettings, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -575,6 +585,7 @@ def run_benchmark(
     device = torch.device(settings.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("`device` is 'cuda' but no CUDA device is available.")
+    check_lengths_fit(shape, settings)
     results: dict[str, Any] = {
         "machine": machine_info(device),
         "shape": asdict(shape),

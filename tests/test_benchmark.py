@@ -136,3 +136,17 @@ def test_round_ratios_pair_the_models_round_by_round():
         "training_tokens_per_s": [2.0, 2.0, 2.0],
         "generate_tokens_per_s_batch_1": [1.25, 1.5, 1.75],
     }
+
+
+@pytest.mark.parametrize(
+    "settings_change, match",
+    [
+        (dict(scaling_seq_lens=(16, 256)), "Scaling sequence length 256 exceeds `max_positions` \\(128\\)"),
+        (dict(prompt_len=100, new_tokens=40), "`prompt_len` \\+ `new_tokens` \\(100 \\+ 40\\) exceeds"),
+    ],
+)
+def test_lengths_beyond_the_positions_are_refused_before_measuring(settings_change, match):
+    measured = []
+    with pytest.raises(ValueError, match=match):
+        run_benchmark(QUICK_SHAPE, replace(QUICK_SETTINGS, **settings_change), log=measured.append)
+    assert measured == []  # nothing was measured (and thrown away) first
