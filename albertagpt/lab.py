@@ -80,6 +80,19 @@ class SweepRecipe(TrainingRecipe):
             )
         if self.learning_rate_points < 1:
             raise ValueError(f"`learning_rate_points` must be at least 1, got {self.learning_rate_points}.")
+        if self.learning_rate_points == 1 and self.min_learning_rate != self.max_learning_rate:
+            raise ValueError(
+                "One learning-rate point cannot include both ends: set `min_learning_rate` = `max_learning_rate` "
+                f"(got {self.min_learning_rate} and {self.max_learning_rate}) or use more `learning_rate_points`."
+            )
+        # Every (variant, learning rate) pair is one run folder: repeats would share one.
+        if len(set(self.learning_rates())) < self.learning_rate_points:
+            raise ValueError(
+                f"The learning-rate grid {self.learning_rates()} repeats values at 3 significant digits: widen it or "
+                "use fewer `learning_rate_points`."
+            )
+        if len(set(self.variants)) < len(self.variants):
+            raise ValueError(f"`variants` lists a variant twice: {self.variants}.")
         if self.tolerance <= 0:
             raise ValueError(f"`tolerance` must be positive, got {self.tolerance}.")
         if self.processes < 0:
@@ -201,14 +214,18 @@ def training_blocks_loss(
     """Mean loss of `model` on the first training blocks, as many as the held-out evaluation reads: with the
     held-out loss of the same weights, the generalization gap (the mean training loss of the last logging
     interval would lag behind the final weights)."""
-    blocks = pack_into_blocks(load_text_splits(recipe)["train"], tokenizer, recipe.block_size, recipe.text_column)
-    count = (recipe.max_eval_batches or 1) * recipe.per_device_eval_batch_size
-    ids = torch.tensor([row["input_ids"] for row in islice(blocks, count)], device=model.device)
+    splits = load_text_splits(recipe)
+    train_blocks, held_out_blocks = (
+        pack_into_blocks(splits[split], tokenizer, recipe.block_size, recipe.text_column)
+        for split in ("train", "validation")
+    )
+    count = sum(1 for _ in held_out_blocks)  # what the evaluation reads without `max_eval_batches`
+    if recipe.max_eval_batches is not None:
+        count = min(count, recipe.max_eval_batches * recipe.per_device_eval_batch_size)
+    ids = torch.tensor([row["input_ids"] for row in islice(train_blocks, count)], device=model.device)
     model.eval()
-    losses = [
-        model(input_ids=batch, labels=batch).loss.item() for batch in ids.split(recipe.per_device_eval_batch_size)
-    ]
-    return sum(losses) / len(losses)
+    batches = ids.split(recipe.per_device_eval_batch_size)
+    return sum(model(input_ids=batch, labels=batch).loss.item() * len(batch) for batch in batches) / len(ids)
 
 
 def usable_lr_ranges(runs: list[SweepRun], tolerance: float = 0.1, across_variants: bool = False) -> list[UsableRange]:

@@ -5,10 +5,13 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import TINY_SIZES
+import torch
+from helpers import TINY_SIZES, tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import AutoTokenizer
 
-from albertagpt.data import builtin_corpus
+from albertagpt import AlbertAGPTForCausalLM
+from albertagpt.data import builtin_corpus, load_text_splits, pack_into_blocks
 from albertagpt.lab import (
     SweepRecipe,
     SweepRun,
@@ -17,6 +20,7 @@ from albertagpt.lab import (
     format_sweep_report,
     read_csv,
     run_sweep,
+    training_blocks_loss,
     usable_lr_ranges,
     write_csv,
 )
@@ -87,6 +91,15 @@ def test_sweep_recipe_checks_its_grid() -> None:
         SweepRecipe(variants=["post-groupnorm"])
     with pytest.raises(ValueError, match="`min_learning_rate`"):
         SweepRecipe(min_learning_rate=1e-1, max_learning_rate=1e-3)
+    with pytest.raises(ValueError, match="One learning-rate point"):
+        SweepRecipe(min_learning_rate=1e-3, max_learning_rate=1e-1, learning_rate_points=1)
+    assert SweepRecipe(min_learning_rate=1e-3, max_learning_rate=1e-3, learning_rate_points=1).learning_rates() == [
+        1e-3
+    ]
+    with pytest.raises(ValueError, match="repeats values"):
+        SweepRecipe(min_learning_rate=1e-3, max_learning_rate=1.001e-3, learning_rate_points=2)
+    with pytest.raises(ValueError, match="lists a variant twice"):
+        SweepRecipe(variants=["none", "none"])
     assert SweepRecipe(warmup_steps=5).warmups() == [5, 0]
     assert SweepRecipe(warmup_steps=5, compare_warmup=False).warmups() == [5]
 
@@ -159,6 +172,23 @@ def test_sweep_runs_the_grid_through_the_training_loop(workspace: Path, tmp_path
     assert json.loads((tmp_path / "configs" / "none.json").read_text())["norm_position"] == "none"
     for run_dir in run_dirs:
         assert (run_dir / "metrics.jsonl").is_file() and not list(run_dir.glob("checkpoint-*"))
+
+
+@pytest.mark.parametrize("max_eval_batches", [None, 1])
+def test_training_loss_reads_as_many_blocks_as_the_held_out_evaluation(
+    workspace: Path, tmp_path: Path, max_eval_batches: int | None
+) -> None:
+    recipe = TrainingRecipe(**{**recipe_fields(workspace, tmp_path), "max_eval_batches": max_eval_batches})
+    tokenizer = AutoTokenizer.from_pretrained(workspace / "tokenizer")
+    model = AlbertAGPTForCausalLM(tiny_config(vocab_size=len(tokenizer)))
+    splits = load_text_splits(recipe)
+    held_out = len(pack_into_blocks(splits["validation"], tokenizer, recipe.block_size))
+    count = held_out if max_eval_batches is None else recipe.per_device_eval_batch_size
+    assert held_out > recipe.per_device_eval_batch_size  # the two cases differ
+    first_blocks = torch.tensor(pack_into_blocks(splits["train"], tokenizer, recipe.block_size)["input_ids"][:count])
+    with torch.no_grad():
+        expected = model(input_ids=first_blocks, labels=first_blocks).loss.item()
+        assert training_blocks_loss(recipe, model, tokenizer) == pytest.approx(expected, rel=1e-5)
 
 
 def test_training_with_diagnostics_logs_them_to_metrics_and_tensorboard(workspace: Path, tmp_path: Path) -> None:
