@@ -456,6 +456,12 @@ def batch_dependence(
     statistics). LayerNorm works per token, so all three numbers are at float rounding level; BatchNorm in training
     mode mixes tokens of the whole batch into every token's normalization.
     """
+    lengths = [len(row) for row in sequences]
+    if not lengths or min(lengths) < 1 or max(lengths) < 2:
+        raise ValueError(
+            "`sequences` must be non-empty token lists, the longest of at least 2 tokens (its last token is changed "
+            f"to test for leaks into earlier positions); got lengths {lengths}."
+        )
     model = copy.deepcopy(model)
     pad = model.config.pad_token_id
     longest = max(map(len, sequences))

@@ -222,6 +222,12 @@ def test_layernorm_outputs_do_not_depend_on_the_rest_of_the_batch() -> None:
         assert max(dependence.alone_vs_batch, dependence.padding, dependence.future_tokens) < 1e-4, dependence
 
 
+@pytest.mark.parametrize("sequences", [[], [[5], [6]], [[5, 6], []]])
+def test_batch_dependence_names_sequences_it_cannot_test(sequences: list[list[int]]) -> None:
+    with pytest.raises(ValueError, match="got lengths"):
+        batch_dependence(variant_model("post-layernorm"), sequences)
+
+
 def test_training_mode_batchnorm_mixes_sequences_and_leaks_future_tokens_but_not_padding() -> None:
     model = variant_model("post-batchnorm").train()
     running_mean = model.model.groups[0].post_attention_layernorm.running_mean.clone()
