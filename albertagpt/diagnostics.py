@@ -337,6 +337,7 @@ class DiagnosticsCallback(TrainerCallback):
         if every_n_steps is not None and every_n_steps <= 0:
             raise ValueError(f"`every_n_steps` must be a positive integer, got {every_n_steps}.")
         self.every_n_steps = every_n_steps
+        self.interval = every_n_steps  # the steps between recordings in the current run
         self.history: list[dict[str, float]] = []
         self.recorder: DiagnosticsRecorder | None = None
         self.writer = None
@@ -353,9 +354,10 @@ class DiagnosticsCallback(TrainerCallback):
         if model is None:  # `Trainer` always passes it; a hand-driven callback handler might not
             raise ValueError("DiagnosticsCallback.on_train_begin needs the `model` it should watch.")
         self.recorder = DiagnosticsRecorder(model, optimizer)
-        if self.every_n_steps is None:
+        self.interval = self.every_n_steps
+        if self.interval is None:  # each run's own logging steps (the callback may serve several runs)
             logging_steps = args.logging_steps  # a fraction (< 1) of the training run, or a step count
-            self.every_n_steps = max(
+            self.interval = max(
                 1, math.ceil(state.max_steps * logging_steps) if logging_steps < 1 else int(logging_steps)
             )
         report_to = args.report_to if isinstance(args.report_to, list) else [args.report_to]
@@ -365,7 +367,7 @@ class DiagnosticsCallback(TrainerCallback):
             self.writer = SummaryWriter(log_dir=str(Path(args.output_dir) / "diagnostics"))
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:
-        if (state.global_step + 1) % self.every_n_steps == 0:
+        if (state.global_step + 1) % self.interval == 0:
             self.recorder.start()
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs) -> None:

@@ -136,3 +136,8 @@ def test_trainer_callback_logs_every_logging_step(tmp_path: Path) -> None:
     assert [row["step"] for row in logged] == [2, 4]
     assert list((tmp_path / "diagnostics").glob("events.out.tfevents.*"))
     assert all(not module._forward_hooks for module in model.modules())  # hooks removed at the end
+
+    # The same callback in a second run follows that run's logging steps.
+    args.logging_steps = 1
+    Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
+    assert [row["step"] for row in callback.history] == [2, 4, 1, 2, 3, 4]
