@@ -28,6 +28,8 @@ def train_tokenizer(
     minimum = len(SPECIAL_TOKENS) + len(pre_tokenizers.ByteLevel.alphabet())
     if vocab_size < minimum:
         raise ValueError(f"`vocab_size` must be at least {minimum} (3 special tokens + 256 bytes), got {vocab_size}.")
+    if min_frequency < 1:
+        raise ValueError(f"`min_frequency` must be at least 1 (a pair must occur to be merged), got {min_frequency}.")
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()

@@ -69,9 +69,11 @@ def test_special_tokens_match_the_model_defaults_and_merges_compress(tokenizer):
     assert n_tokens < 0.6 * len(held_out.encode())
 
 
-def test_vocab_size_below_the_byte_alphabet_is_an_error():
+def test_vocab_size_below_the_byte_alphabet_and_a_zero_min_frequency_are_errors():
     with pytest.raises(ValueError, match="vocab_size"):
         train_tokenizer(["some text"], vocab_size=100)
+    with pytest.raises(ValueError, match="`min_frequency` must be at least 1"):
+        train_tokenizer(["some text"], vocab_size=300, min_frequency=0)
 
 
 def test_trains_on_the_builtin_training_split_by_default(tmp_path):
