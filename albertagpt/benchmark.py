@@ -566,8 +566,11 @@ def allow_recompiles() -> AbstractContextManager:
     return torch._dynamo.config.patch(recompile_limit=64)
 
 
-def check_lengths_fit(shape: BenchmarkShape, settings: BenchmarkSettings) -> None:
-    """Every sequence the run will build fits the models' positions: checked before minutes of measuring."""
+def check_run_is_possible(shape: BenchmarkShape, settings: BenchmarkSettings) -> None:
+    """The device exists and every sequence the run will build fits the models' positions: checked before minutes of
+    measuring."""
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("`device` is 'cuda' but no CUDA device is available.")
     for seq_len in settings.scaling_seq_lens:
         if seq_len > shape.max_positions:
             raise ValueError(f"Scaling sequence length {seq_len} exceeds `max_positions` ({shape.max_positions}).")
@@ -582,10 +585,8 @@ def run_benchmark(
     shape: BenchmarkShape, settings: BenchmarkSettings, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Every measurement of the issue, in one process; returns a JSON-serializable dict."""
+    check_run_is_possible(shape, settings)
     device = torch.device(settings.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("`device` is 'cuda' but no CUDA device is available.")
-    check_lengths_fit(shape, settings)
     results: dict[str, Any] = {
         "machine": machine_info(device),
         "shape": asdict(shape),

@@ -14,6 +14,7 @@ from albertagpt.benchmark import (
     QUICK_SHAPE,
     BenchmarkSettings,
     BenchmarkShape,
+    check_run_is_possible,
     format_scaling_tables,
     format_table,
     plot_results,
@@ -48,13 +49,17 @@ def main() -> None:
     shape_overrides = {
         f.name: getattr(args, f.name) for f in fields(BenchmarkShape) if getattr(args, f.name) is not None
     }
-    shape = BenchmarkShape(**{**asdict(shape), **shape_overrides})
     settings = QUICK_SETTINGS if args.quick else BenchmarkSettings()
     settings_overrides = {"device": args.device, "dtype": args.dtype, "compile": args.compile}
     for name in ("train_steps", "generate_repeats"):
         if getattr(args, name) is not None:
             settings_overrides[name] = getattr(args, name)
-    settings = BenchmarkSettings(**{**asdict(settings), **settings_overrides})
+    try:
+        shape = BenchmarkShape(**{**asdict(shape), **shape_overrides})
+        settings = BenchmarkSettings(**{**asdict(settings), **settings_overrides})
+        check_run_is_possible(shape, settings)
+    except ValueError as error:
+        parser.error(str(error))
 
     results = run_benchmark(shape, settings)
     print(format_table(results))
