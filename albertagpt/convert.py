@@ -39,5 +39,6 @@ def convert_albert(albert: str | os.PathLike, output_dir: str | os.PathLike) -> 
     model = AlbertAGPTForCausalLM.from_albert(albert)
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
+    tokenizer.model_max_length = model.config.max_position_embeddings  # `truncation=True` stops at ALBERT's positions
     tokenizer.save_pretrained(output_dir)
     return output_dir

@@ -324,6 +324,7 @@ def build_repo_folder(
 
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, max_shard_size=shard_bytes)
+    tokenizer.model_max_length = model.config.max_position_embeddings  # also for runs saved before training set it
     tokenizer.save_pretrained(folder)
     if recipe is not None:
         shutil.copyfile(model_dir / RECIPE_FILENAME, folder / RECIPE_FILENAME)

@@ -633,6 +633,9 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
 
     set_seed(recipe.seed)  # the same initial weights on every process and in every run of this recipe
     model = build_model(recipe, tokenizer)
+    # Saved with the model, `truncation=True` then stops where the learned positions end. Set after packing, which
+    # tokenizes whole documents and would warn about every one longer than that.
+    tokenizer.model_max_length = model.config.max_position_embeddings
     optimizer = torch.optim.AdamW(
         parameter_groups(model, recipe.weight_decay),
         lr=recipe.learning_rate,

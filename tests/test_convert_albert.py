@@ -144,6 +144,7 @@ def test_cli_converts_a_hub_checkpoint_into_a_folder_that_tokenizes_and_generate
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert type(model) is AlbertAGPTForCausalLM
+    assert tokenizer.model_max_length == model.config.max_position_embeddings  # `truncation=True` fits the model
     prompt = "the class of a method"
     input_ids = tokenizer(prompt, return_tensors="pt").input_ids
     # ALBERT's vocabulary and normalization, without ALBERT's `[CLS] ... [SEP]` around the text (`[SEP]` is eos).

@@ -268,6 +268,16 @@ def test_dry_run_writes_exactly_the_repo_folder_with_sharded_weights(dry_run_rep
         assert (dry_run_repo / code_file).read_bytes() == (REPO_ROOT / "albertagpt" / code_file).read_bytes()
 
 
+def test_the_repo_tokenizer_truncates_where_the_learned_positions_end(trained_dir, dry_run_repo):
+    # The run's own tokenizer has no limit (as one saved before training set it); the repo's stops at the positions.
+    long_text = HELD_OUT_TEXT * 10
+    assert len(AutoTokenizer.from_pretrained(trained_dir)(long_text, truncation=True)["input_ids"]) > 2000
+    tokenizer = AutoTokenizer.from_pretrained(dry_run_repo)
+    max_positions = json.loads((dry_run_repo / "config.json").read_text())["max_position_embeddings"]
+    assert tokenizer.model_max_length == max_positions
+    assert len(tokenizer(long_text, truncation=True)["input_ids"]) == max_positions
+
+
 def test_default_shard_size_keeps_one_weights_file(trained_dir, tmp_path):
     folder = hub.build_repo_folder(trained_dir, REPO_ID, tmp_path / "repo")
     names = {path.name for path in folder.iterdir()}

@@ -136,6 +136,9 @@ def test_run_writes_a_loadable_model_metrics_and_checkpoints(workspace, tmp_path
     # The tokenizer was trained on the training split first; the model's vocabulary is the tokenizer's.
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert len(tokenizer) == 350 == result.model.config.vocab_size
+    # `truncation=True` stops where the learned positions end, so truncated text always fits the model.
+    assert tokenizer.model_max_length == result.model.config.max_position_embeddings
+    assert len(tokenizer("print(x) " * 2000, truncation=True)["input_ids"]) == tokenizer.model_max_length
     # Tying survives `prepare` and training; the folder loads with the Auto classes and computes the same.
     model = result.model
     assert model.lm_head.decoder.weight is model.model.embeddings.word_embeddings.weight
