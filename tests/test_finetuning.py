@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import tiny_config
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PromptTuningConfig, get_peft_model
 from transformers import Trainer, TrainingArguments
 
 from albertagpt import AlbertAGPTForCausalLM, AlbertAGPTForSequenceClassification
@@ -119,6 +119,19 @@ def test_classifier_without_pad_token_refuses_batches() -> None:
         model(torch.tensor([[11, 12], [13, 14]]))
 
 
+def train_trainable_parameters(model: torch.nn.Module, batch: torch.Tensor, steps: int, learning_rate: float):
+    """AdamW on the parameters that require gradients (a PEFT model's adapters); returns the loss of every step."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
+    losses = []
+    for _ in range(steps):
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
 def test_lora_on_all_projections_trains_only_the_adapters() -> None:
     torch.manual_seed(0)
     # A wider init stands in for a pretrained base: with std 0.02 the frozen tied head keeps every logit near zero.
@@ -131,14 +144,7 @@ def test_lora_on_all_projections_trains_only_the_adapters() -> None:
     assert adapted == set(LORA_TARGETS)
 
     batch = torch.tensor([row["input_ids"] for row in repeating_sequences(8)])
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(30):
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_trainable_parameters(model, batch, steps=30, learning_rate=1e-2)
     assert losses[-1] < 0.7 * losses[0], losses
 
     for name, p in model.base_model.model.named_parameters():
@@ -149,3 +155,22 @@ def test_lora_on_all_projections_trains_only_the_adapters() -> None:
         adapted_logits = model(input_ids=batch).logits
         merged = model.merge_and_unload()
         torch.testing.assert_close(merged(batch).logits, adapted_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_prompt_tuning_with_the_embedding_width_trains_the_virtual_tokens() -> None:
+    # Virtual tokens join the token embeddings, which are `embedding_size` wide; peft would take `hidden_size`.
+    torch.manual_seed(0)
+    config = tiny_config(initializer_range=0.2)
+    base = AlbertAGPTForCausalLM(config)
+    prompt_config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, token_dim=config.embedding_size)
+    model = get_peft_model(base, prompt_config)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable == ["prompt_encoder.default.embedding.weight"]
+
+    batch = torch.tensor([row["input_ids"] for row in repeating_sequences(8)])
+    losses = train_trainable_parameters(model, batch, steps=30, learning_rate=1e-1)
+    assert losses[-1] < losses[0] - 0.3, losses  # 4 vectors steering a frozen random base: 4.88 -> 4.47 measured
+    model.eval()
+    prompt = batch[:2, :5]
+    generated = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=3)
+    assert generated.shape == (2, 8) and torch.equal(generated[:, :5], prompt)
