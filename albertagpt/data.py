@@ -162,7 +162,9 @@ def pack_into_blocks(
     eos = [tokenizer.eos_token_id]
 
     def pack(batch: dict[str, list]) -> dict[str, list[list[int]]]:
-        documents = tokenizer(batch[text_column], add_special_tokens=False)["input_ids"]
+        # Whole documents, cut into blocks below: a tokenizer's `model_max_length` does not apply (`verbose=False`
+        # keeps it from warning about every longer document).
+        documents = tokenizer(batch[text_column], add_special_tokens=False, verbose=False)["input_ids"]
         stream = list(chain.from_iterable(document + eos for document in documents))
         usable = len(stream) - len(stream) % block_size
         return {"input_ids": [stream[start : start + block_size] for start in range(0, usable, block_size)]}

@@ -10,6 +10,7 @@ epoch); the data order is re-created by seeding the sampler per epoch and skippi
 batches with `skip_first_batches`.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -44,14 +45,20 @@ from .diagnostics import DiagnosticsRecorder
 from .modeling_albertagpt import AlbertAGPTForCausalLM
 from .tokenizer import train_tokenizer
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 TEMPORARY_PREFIX = ".tmp-"  # a checkpoint being written; never matches CHECKPOINT_NAME
 METRICS_FILE = "metrics.jsonl"
 RECIPE_FILE = "training_recipe.json"
 CHECKPOINT_MANIFEST = "checkpoint_files.json"  # every file of a checkpoint with its size, written last
+CHECKPOINT_MODEL_CONFIG = "config.json"  # the architecture the checkpoint's weights belong to
+OUTPUT_LOCK = ".train.lock"  # held by the run writing into an output_dir
 # Recipe fields that a resumed run takes from its checkpoint whatever the recipe says: the optimizer's and the
-# scheduler's saved state hold the learning rate, betas and weight decay, and the checkpoint holds the tokenizer
-# and the weights.
+# scheduler's saved state hold the learning rate, betas and weight decay, and the checkpoint holds the tokenizer.
 RESTORED_FIELDS = (
     "learning_rate",
     "adam_beta1",
@@ -59,8 +66,10 @@ RESTORED_FIELDS = (
     "weight_decay",
     "tokenizer",
     "vocab_size",
-    "model_config",
 )
+# Not compared as recipe fields: the architecture `model_config` names is compared with the checkpoint's by content
+# (`check_architecture`), since the file behind the same path may change and another path may hold the same one.
+ARCHITECTURE_FIELDS = ("model_config",)
 # Recipe fields that change only what a run reports or keeps, not the weights it computes: they may change on resume.
 REPORTING_FIELDS = (
     "output_dir",
@@ -125,7 +134,8 @@ class TrainingRecipe(TextSource):
         metadata={"help": "Accelerate trackers besides metrics.jsonl (tensorboard, wandb, ...) or none."},
     )
     resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "A checkpoint folder, or `latest` (the newest one in output_dir, if any)."}
+        default=None,
+        metadata={"help": "A checkpoint folder, `latest` (the newest one in output_dir, if any) or `none`."},
     )
     sample_prompt: str = field(default="", metadata={"help": "Start of the sample generated at each evaluation."})
     sample_max_new_tokens: int = 64
@@ -141,6 +151,8 @@ class TrainingRecipe(TextSource):
         super().__post_init__()
         if self.mixed_precision is False:  # YAML reads an unquoted `mixed_precision: no` as false
             self.mixed_precision = "no"
+        if self.resume_from_checkpoint in ("none", ""):  # a recipe's `latest` switched off on the command line
+            self.resume_from_checkpoint = None
         if self.cpu_threads is not None and self.cpu_threads <= 0:
             raise ValueError(f"`cpu_threads` must be a positive integer, got {self.cpu_threads}.")
         for name in (
@@ -234,11 +246,22 @@ class JsonlTracker(GeneralTracker):
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """The rows of a `metrics.jsonl` file (empty when it does not exist)."""
+    """The rows of a `metrics.jsonl` file (empty when it does not exist). A last row cut short, by a kill or a full
+    disk during its write, is left out: a resumed run rewrites the file without it. Any other row that is not JSON
+    is an error naming its line."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [(number, line) for number, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    rows = []
+    for index, (number, line) in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if index == len(lines) - 1:
+                break
+            raise ValueError(f"{path}, line {number}, is not a JSON row ({error}).") from error
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
@@ -313,21 +336,31 @@ def save_checkpoint(
     step: int,
     tokenizer: PreTrainedTokenizerBase,
     recipe: TrainingRecipe,
+    config: AlbertAGPTConfig,
 ) -> Path:
     """Writes `checkpoint-<step>` atomically: everything goes into a temporary folder that is then renamed.
 
     A process killed during the write leaves only the temporary folder, which `latest` ignores and the
-    next save of that step replaces.
+    next save of that step replaces. A write that fails (a full disk) removes it and says so.
     """
     final = output_dir / f"checkpoint-{step}"
     temporary = output_dir / f"{TEMPORARY_PREFIX}{final.name}"
     if accelerator.is_main_process and temporary.exists():
         shutil.rmtree(temporary)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary))  # every rank writes its own RNG state into it
+    try:
+        accelerator.save_state(str(temporary))  # every rank writes its own RNG state into it
+    except Exception as error:  # torch reports a full disk as "unexpected pos ..." without naming it
+        shutil.rmtree(temporary, ignore_errors=True)
+        free_mib = shutil.disk_usage(output_dir).free / 2**20
+        raise RuntimeError(
+            f"Writing {final.name} failed ({error}); {free_mib:.0f} MiB are free on the disk of {output_dir}. The "
+            "earlier checkpoints are intact: free space, then resume with `--resume_from_checkpoint latest`."
+        ) from error
     accelerator.wait_for_everyone()  # all ranks' files are in place before the manifest lists them
     if accelerator.is_main_process:
         tokenizer.save_pretrained(temporary)
+        config.to_json_file(temporary / CHECKPOINT_MODEL_CONFIG)  # what a resumed run compares its architecture with
         write_recipe(recipe, temporary)  # what a resumed run compares its recipe with
         write_manifest(temporary)
         if final.exists():  # resumed from an earlier checkpoint, this step is reached again
@@ -348,7 +381,7 @@ def recipe_changes(saved: Mapping[str, Any], recipe: TrainingRecipe) -> dict[str
     those the checkpoint overrides (`"restored"`, see `RESTORED_FIELDS`) and those that take effect (`"applied"`)."""
     changes = {"restored": [], "applied": []}
     for name, value in asdict(recipe).items():
-        if name in saved and name not in REPORTING_FIELDS and saved[name] != value:
+        if name in saved and name not in REPORTING_FIELDS + ARCHITECTURE_FIELDS and saved[name] != value:
             changes["restored" if name in RESTORED_FIELDS else "applied"].append(
                 f"{name}: {saved[name]!r} -> {value!r}"
             )
@@ -362,11 +395,46 @@ def warn_about_recipe_changes(accelerator: Accelerator, saved_recipe: Path, reci
         return
     changes = recipe_changes(json.loads(saved_recipe.read_text()), recipe)
     if changes["restored"] or changes["applied"]:
+        outcome = (
+            "The run will not match an uninterrupted one."
+            if changes["applied"]
+            else "The run still matches an uninterrupted one."
+        )
         say(
             accelerator,
             f"Warning: resuming with a recipe that differs from the one {saved_recipe.parent.name} was written with. "
             f"Taking effect: {'; '.join(changes['applied']) or 'nothing'}. Ignored, restored from the checkpoint: "
-            f"{'; '.join(changes['restored']) or 'nothing'}. The run will not match an uninterrupted one.",
+            f"{'; '.join(changes['restored']) or 'nothing'}. {outcome}",
+        )
+
+
+def check_architecture(checkpoint: Path, config: AlbertAGPTConfig) -> None:
+    """A checkpoint resumes the architecture it was written with. Another one could load weights of the same shapes
+    (a shared block applied more often) and silently train a different model, or fail deep inside `load_state_dict`.
+    Checkpoints written before they held their config are not compared."""
+    saved_path = checkpoint / CHECKPOINT_MODEL_CONFIG
+    if not saved_path.is_file():
+        return
+    saved = json.loads(saved_path.read_text())
+    fields = [name for name in AlbertAGPTConfig.__annotations__ if name != "use_cache"]
+    changed = [
+        f"{name}: {saved.get(name)!r} -> {getattr(config, name)!r}"
+        for name in fields
+        if saved.get(name) != getattr(config, name)
+    ]
+    if changed:
+        raise ValueError(
+            f"{checkpoint.name} holds a model of another architecture than `model_config` gives now "
+            f"({'; '.join(changed)}). Resume with the model config it was written with; to train the new "
+            "architecture, start a new run in another `output_dir`."
+        )
+
+
+def check_resumed_step(checkpoint: Path, step: int, max_steps: int) -> None:
+    if step > max_steps:
+        raise ValueError(
+            f"{checkpoint.name} is at step {step}, beyond `max_steps` ({max_steps}): raise `max_steps`, or resume "
+            "from an earlier checkpoint."
         )
 
 
@@ -598,8 +666,29 @@ def generate_sample(
 # ------------------------------------------------------------------------------------------------- the loop
 
 
+@contextlib.contextmanager
+def exclusive_output_dir(output_dir: Path, is_main_process: bool = True) -> Iterator[None]:
+    """Two runs writing into one `output_dir` would interleave their metrics and overwrite each other's
+    checkpoints: the main process holds a lock on `output_dir/.train.lock` for the run (the system releases it when
+    the process ends, even by SIGKILL). Where `fcntl` is missing (Windows) there is no lock."""
+    if fcntl is None or not is_main_process:
+        yield
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with (output_dir / OUTPUT_LOCK).open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"Another run is writing into `output_dir` {str(output_dir)!r} (it holds {OUTPUT_LOCK}): wait for it "
+                "to end, or choose another `output_dir`."
+            ) from None
+        yield
+
+
 def train(recipe: TrainingRecipe) -> TrainingResult:
-    """Runs (or resumes) a pretraining run and saves the final model and tokenizer in `recipe.output_dir`."""
+    """Runs (or resumes) a pretraining run and saves the final model and tokenizer in `recipe.output_dir`: checks
+    the recipe, finds the checkpoint to resume from, sets up Accelerate and, holding `output_dir`, runs the loop."""
     output_dir = Path(recipe.output_dir)
     model_config = read_model_config(recipe.model_config)
     if recipe.block_size > model_config.max_position_embeddings:
@@ -623,7 +712,15 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
         log_with=[JsonlTracker(output_dir / METRICS_FILE, progress), *trackers],
         project_dir=str(output_dir),
     )
+    with exclusive_output_dir(output_dir, accelerator.is_main_process):
+        return run_training(recipe, accelerator, progress, checkpoint)
 
+
+def run_training(
+    recipe: TrainingRecipe, accelerator: Accelerator, progress: TrainingProgress, checkpoint: Path | None
+) -> TrainingResult:
+    """The loop of `train`: data, model, optimizer, then steps, evaluations and checkpoints until `max_steps`."""
+    output_dir = Path(recipe.output_dir)
     with accelerator.main_process_first():  # the main process fills the `datasets` cache, the others reuse it
         splits = load_text_splits(recipe)
     tokenizer = prepare_tokenizer(recipe, accelerator, checkpoint, splits["train"])
@@ -633,9 +730,6 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
 
     set_seed(recipe.seed)  # the same initial weights on every process and in every run of this recipe
     model = build_model(recipe, tokenizer)
-    # Saved with the model, `truncation=True` then stops where the learned positions end. Set after packing, which
-    # tokenizes whole documents and would warn about every one longer than that.
-    tokenizer.model_max_length = model.config.max_position_embeddings
     optimizer = torch.optim.AdamW(
         parameter_groups(model, recipe.weight_decay),
         lr=recipe.learning_rate,
@@ -656,12 +750,14 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
     accelerator.register_for_checkpointing(progress, scheduler)
     if checkpoint is not None:
         say(accelerator, f"Resuming from {checkpoint}")
+        check_architecture(checkpoint, accelerator.unwrap_model(model).config)
         warn_about_recipe_changes(accelerator, checkpoint / RECIPE_FILE, recipe)
         warn_about_process_count(accelerator, checkpoint)
         try:
             accelerator.load_state(str(checkpoint))
         except Exception as error:  # a file of the right size but unreadable content
             raise RuntimeError(f"Could not load checkpoint {checkpoint}: {error}") from error
+        check_resumed_step(checkpoint, progress.step, recipe.max_steps)
     if accelerator.is_main_process:
         write_recipe(recipe, output_dir)
     accelerator.init_trackers("tensorboard", config=tracker_config(recipe))
@@ -745,11 +841,14 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
         if step % recipe.eval_steps == 0 and step != recipe.max_steps:
             evaluate_and_log(step)
         if step % recipe.checkpointing_steps == 0 or step == recipe.max_steps:
-            save_checkpoint(accelerator, output_dir, step, tokenizer, recipe)
+            save_checkpoint(accelerator, output_dir, step, tokenizer, recipe, accelerator.unwrap_model(model).config)
     progress_bar.close()
 
-    # A run resumed at its last step only reports: its final evaluation is already in metrics.jsonl.
-    final_eval_loss, sample = evaluate_and_log(progress.step, log=progress.step > start_step)
+    # A run resumed at its last step logs the final evaluation only if the killed run had not logged it yet.
+    final_logged = any(
+        row["step"] == progress.step and "eval_loss" in row for row in read_metrics(output_dir / METRICS_FILE)
+    )
+    final_eval_loss, sample = evaluate_and_log(progress.step, log=progress.step > start_step or not final_logged)
     unwrapped = accelerator.unwrap_model(model)
     unwrapped.save_pretrained(
         output_dir,
@@ -758,6 +857,9 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
         state_dict=accelerator.get_state_dict(model),
     )
     if accelerator.is_main_process:
+        # Saved with the model, `truncation=True` stops where the learned positions end. Only here: checkpoints keep
+        # the tokenizer the run started with, so that a resumed run tokenizes alike and reuses the `datasets` cache.
+        tokenizer.model_max_length = unwrapped.config.max_position_embeddings
         tokenizer.save_pretrained(output_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()

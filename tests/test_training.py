@@ -30,6 +30,7 @@ from helpers import (
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
+import albertagpt.training
 from albertagpt import AlbertAGPTForCausalLM
 from albertagpt.cli import load_recipe, parse_recipe
 from albertagpt.data import builtin_corpus
@@ -40,6 +41,7 @@ from albertagpt.training import (
     TrainingRecipe,
     check_gradient_accumulation,
     evaluate,
+    exclusive_output_dir,
     latest_checkpoint,
     list_checkpoints,
     parameter_groups,
@@ -439,8 +441,93 @@ def test_resuming_with_another_recipe_names_what_changed(workspace, reference_ru
     capsys.readouterr()
     train(make_recipe(workspace, out, resume_from_checkpoint="latest", learning_rate=5e-3))
     printed = capsys.readouterr().out
-    assert "Taking effect: nothing. Ignored, restored from the checkpoint: learning_rate: 0.01 -> 0.005." in printed
+    assert (
+        "Taking effect: nothing. Ignored, restored from the checkpoint: learning_rate: 0.01 -> 0.005. "
+        "The run still matches an uninterrupted one." in printed
+    )
     assert max_weight_difference(out, reference_run) <= 1e-6
+
+
+def test_resuming_another_architecture_or_past_max_steps_is_refused(workspace, reference_run, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copytree(reference_run / "checkpoint-8", out / "checkpoint-8")
+    # A shared block applied twice as often has weights of the same shapes: it would load, and train another model.
+    deeper = tmp_path / "deeper.json"
+    deeper.write_text(json.dumps({**TINY_SIZES, "hidden_dropout_prob": 0.1, "num_hidden_layers": 8}))
+    with pytest.raises(ValueError, match=r"another architecture .*num_hidden_layers: 4 -> 8"):
+        train(make_recipe(workspace, out, resume_from_checkpoint="latest", model_config=str(deeper)))
+    reset_accelerate_state()
+    with pytest.raises(ValueError, match=r"checkpoint-8 is at step 8, beyond `max_steps` \(6\)"):
+        train(make_recipe(workspace, out, resume_from_checkpoint="latest", max_steps=6))
+
+
+def test_a_run_killed_in_its_final_evaluation_logs_it_when_resumed(workspace, reference_run, tmp_path, monkeypatch):
+    real_evaluate = albertagpt.training.evaluate
+    calls = []
+
+    def killed_in_the_final_evaluation(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # steps 0 and 4, then the final one, after checkpoint-8 was written
+            raise KeyboardInterrupt("killed during the final evaluation")
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(albertagpt.training, "evaluate", killed_in_the_final_evaluation)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(make_recipe(workspace, out))
+    monkeypatch.undo()
+    assert latest_checkpoint(out) == out / "checkpoint-8"
+    # A write cut short (a kill, a full disk) leaves a torn last row; the resumed run drops it.
+    with (out / "metrics.jsonl").open("a") as metrics:
+        metrics.write('{"step": 8, "eval_loss": 5.9, "perpl')
+
+    reset_accelerate_state()
+    train(make_recipe(workspace, out, resume_from_checkpoint="latest"))
+
+    def without_speed(path: Path) -> list[dict]:
+        return [{key: value for key, value in row.items() if key != "tokens_per_second"} for row in read_metrics(path)]
+
+    # The reference run's rows, the final evaluation included, and nothing of the torn row.
+    assert without_speed(out / "metrics.jsonl") == without_speed(reference_run / "metrics.jsonl")
+    assert max_weight_difference(out, reference_run) <= 1e-6
+
+
+def test_a_torn_metrics_row_is_dropped_only_at_the_end(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 2, "loss": 6.0}\n{"step": 4, "lo')
+    assert read_metrics(metrics) == [{"step": 2, "loss": 6.0}]
+    metrics.write_text('{"step": 2, "lo\n{"step": 4, "loss": 5.0}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 1, is not a JSON row"):
+        read_metrics(metrics)
+
+
+def test_a_failed_checkpoint_write_is_named_and_removed(workspace, tmp_path, monkeypatch):
+    real_save_state = Accelerator.save_state
+
+    def disk_full_at_step_8(self, output_dir, **kwargs):
+        if output_dir.endswith("checkpoint-8"):
+            Path(output_dir).mkdir()
+            (Path(output_dir) / "model.safetensors").write_bytes(b"partial")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 782016 vs 781904")
+        return real_save_state(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", disk_full_at_step_8)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match=r"Writing checkpoint-8 failed \(.*unexpected pos.*\); \d+ MiB are free"):
+        train(make_recipe(workspace, out))
+    assert not (out / ".tmp-checkpoint-8").exists()  # its space is free again
+    assert latest_checkpoint(out) == out / "checkpoint-4"
+
+
+def test_a_second_run_into_the_same_output_dir_is_refused(workspace, tmp_path):
+    out = tmp_path / "run"
+    with exclusive_output_dir(out):  # as another process running into `out` holds it
+        with pytest.raises(RuntimeError, match="Another run is writing into `output_dir`"):
+            train(make_recipe(workspace, out))
+    assert not list_checkpoints(out)
+    with exclusive_output_dir(out):  # released when its holder ends
+        pass
 
 
 def test_resuming_with_another_number_of_processes_warns(tmp_path, capsys):
@@ -481,6 +568,9 @@ def test_recipes_load_and_unknown_fields_are_named(tmp_path):
     tiny = REPO_ROOT / "configs/train/tiny.yaml"
     base = load_recipe(TrainingRecipe, REPO_ROOT / "configs/train/base.yaml")
     assert (base.model_config, base.resume_from_checkpoint) == ("configs/model/base.json", "latest")
+    for switched_off in ("none", ""):  # the recipe's `latest`, switched off on the command line
+        recipe = parse_recipe(TrainingRecipe, ["--config", str(tiny), "--resume_from_checkpoint", switched_off])
+        assert recipe.resume_from_checkpoint is None
     recipe = parse_recipe(
         TrainingRecipe,
         ["--config", str(tiny), "--max_steps", "7", "--learning_rate", "1e-4", "--train_files", "a.txt", "b.txt"]
