@@ -8,7 +8,6 @@ package) with the numbers the run logged in `metrics.jsonl`.
 
 import json
 import math
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ METRICS_FILENAME = "metrics.jsonl"
 LOSS_CURVE_FILENAME = "loss_curve.png"
 # The resolved recipe that `albertagpt.training` saves next to the model; published with it when present.
 RECIPE_FILENAME = "training_recipe.json"
+PATH_FIELDS = ("output_dir", "model_config", "tokenizer", "train_files", "resume_from_checkpoint")
 TOKENIZER_FILENAMES = ("tokenizer.json", "tokenizer_config.json")
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 BUILTIN_CORPUS = "pydoc_data.topics"
@@ -171,6 +171,18 @@ def read_recipe(model_dir: Path) -> dict[str, Any] | None:
     """The resolved training recipe saved next to the model, or None if the run did not save one."""
     recipe_path = model_dir / RECIPE_FILENAME
     return json.loads(recipe_path.read_text()) if recipe_path.is_file() else None
+
+
+def publishable_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe as the repo publishes it: an absolute path in `PATH_FIELDS` keeps only its last component, so that
+    the card does not publish the trainer's directory layout (user names included). Relative paths stay."""
+
+    def published(value: Any) -> Any:
+        if isinstance(value, list):
+            return [published(item) for item in value]
+        return Path(value).name if isinstance(value, str) and Path(value).is_absolute() else value
+
+    return {name: published(value) if name in PATH_FIELDS else value for name, value in recipe.items()}
 
 
 def describe_training_data(recipe: dict[str, Any] | None) -> TrainingData:
@@ -321,13 +333,14 @@ def build_repo_folder(
     metrics = read_training_metrics(model_dir / METRICS_FILENAME)
     model, tokenizer = load_trained_model(model_dir)
     recipe = read_recipe(model_dir)
+    recipe = publishable_recipe(recipe) if recipe is not None else None
 
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, max_shard_size=shard_bytes)
     tokenizer.model_max_length = model.config.max_position_embeddings  # also for runs saved before training set it
     tokenizer.save_pretrained(folder)
     if recipe is not None:
-        shutil.copyfile(model_dir / RECIPE_FILENAME, folder / RECIPE_FILENAME)
+        (folder / RECIPE_FILENAME).write_text(json.dumps(recipe, indent=2) + "\n")
     plot_loss_curve(metrics, folder / LOSS_CURVE_FILENAME)
     render_model_card(model, metrics, recipe, repo_id).save(folder / "README.md")
     return folder

@@ -39,7 +39,7 @@ SHARD_LIMIT_BYTES = 40_000
 PROMPT = "The"
 PROBE_TEXT = "Unicode strings: naïve café — λ."
 RECIPE = {
-    "output_dir": "out",
+    "output_dir": "/home/alice/runs/out",  # absolute paths are published as their last component
     "model_config": "configs/model/tiny.json",
     "dataset_name": "wikitext",
     "dataset_config_name": "wikitext-2-raw-v1",
@@ -330,6 +330,10 @@ def test_card_metadata_and_text_report_what_the_run_measured(dry_run_repo, metri
     for field in ("embedding_size", "hidden_size", "num_hidden_layers", "num_hidden_groups"):
         assert f"| `{field}` | `{getattr(source.model.config, field)}` |" in text
     assert f"learning_rate: {RECIPE['learning_rate']}" in text  # the recipe, rendered
+    # ... as the repo's recipe file holds it: the trainer's directories stay private, relative paths stay as they are.
+    published = json.loads((dry_run_repo / "training_recipe.json").read_text())
+    assert published == {**RECIPE, "output_dir": "out"}
+    assert "/home/alice" not in text and "output_dir: out" in text
     assert "![Training and held-out loss](loss_curve.png)" in text
     assert f'repo_id = "{REPO_ID}"' in text
     height, width, _ = imread(dry_run_repo / "loss_curve.png").shape
