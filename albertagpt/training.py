@@ -11,6 +11,7 @@ batches with `skip_first_batches`.
 """
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -54,7 +55,7 @@ CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 TEMPORARY_PREFIX = ".tmp-"  # a checkpoint being written; never matches CHECKPOINT_NAME
 METRICS_FILE = "metrics.jsonl"
 RECIPE_FILE = "training_recipe.json"
-CHECKPOINT_MANIFEST = "checkpoint_files.json"  # every file of a checkpoint with its size, written last
+CHECKPOINT_MANIFEST = "checkpoint_files.json"  # every file of a checkpoint, its size and SHA-256, written last
 CHECKPOINT_MODEL_CONFIG = "config.json"  # the architecture the checkpoint's weights belong to
 OUTPUT_LOCK = ".train.lock"  # held by the run writing into an output_dir
 # Recipe fields that a resumed run takes from its checkpoint whatever the recipe says: the optimizer's and the
@@ -303,27 +304,45 @@ def resolve_checkpoint(recipe: TrainingRecipe) -> Path | None:
     return path
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(2**24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def write_manifest(folder: Path) -> None:
     files = [path for path in sorted(folder.rglob("*")) if path.is_file()]
-    sizes = {str(path.relative_to(folder)): path.stat().st_size for path in files}
-    (folder / CHECKPOINT_MANIFEST).write_text(json.dumps(sizes, indent=2) + "\n")
+    entries = {
+        str(path.relative_to(folder)): {"bytes": path.stat().st_size, "sha256": file_sha256(path)} for path in files
+    }
+    (folder / CHECKPOINT_MANIFEST).write_text(json.dumps(entries, indent=2) + "\n")
 
 
 def verify_checkpoint(folder: Path) -> None:
-    """Checks that every file the checkpoint was written with is there at its size. A deleted or truncated file is
-    named here instead of failing deep inside `load_state` or, for a rank's RNG state, not failing at all (the run
-    would resume, but not exactly). Checkpoints written before the manifest existed are not checked."""
+    """Checks that every file the checkpoint was written with is there, at its size and with its SHA-256. A deleted,
+    truncated or altered file is named here instead of failing deep inside `load_state` or, for a rank's RNG state or
+    altered weights, not failing at all (the run would resume, but not exactly). Checkpoints written before the
+    manifest existed are not checked, and those whose manifest holds sizes only are checked for sizes."""
     manifest = folder / CHECKPOINT_MANIFEST
     if not manifest.is_file():
         return
-    for name, size in json.loads(manifest.read_text()).items():
+    for name, entry in json.loads(manifest.read_text()).items():
         path = folder / name
-        if not path.is_file() or path.stat().st_size != size:
-            found = "is missing" if not path.is_file() else f"has {path.stat().st_size} bytes instead of {size}"
-            raise ValueError(
-                f"Checkpoint {folder} is damaged: {name} {found}. Resume from an earlier checkpoint "
-                "(`--resume_from_checkpoint <folder>`, or delete this one and use `latest`) or start a new run."
-            )
+        size, sha256 = (entry, None) if isinstance(entry, int) else (entry["bytes"], entry["sha256"])
+        if not path.is_file():
+            found = "is missing"
+        elif path.stat().st_size != size:
+            found = f"has {path.stat().st_size} bytes instead of {size}"
+        elif sha256 is not None and file_sha256(path) != sha256:
+            found = "has other content than when it was written (SHA-256 differs)"
+        else:
+            continue
+        raise ValueError(
+            f"Checkpoint {folder} is damaged: {name} {found}. Resume from an earlier checkpoint "
+            "(`--resume_from_checkpoint <folder>`, or delete this one and use `latest`) or start a new run."
+        )
 
 
 def write_recipe(recipe: TrainingRecipe, folder: Path) -> None:

@@ -413,9 +413,21 @@ def test_a_damaged_checkpoint_is_named_before_resuming(workspace, reference_run,
         train(make_recipe(workspace, out, resume_from_checkpoint="latest"))
     shutil.copy(reference_run / "checkpoint-8" / "random_states_0.pkl", checkpoint)
     weights = checkpoint / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])
+    intact = weights.read_bytes()
+    weights.write_bytes(intact[:100])
     with pytest.raises(ValueError, match=r"model.safetensors has 100 bytes instead of \d+"):
         train(make_recipe(workspace, out, resume_from_checkpoint=str(checkpoint)))
+    # One flipped bit in a weight: the same size, and safetensors would load it without a word.
+    weights.write_bytes(intact[:-1] + bytes([intact[-1] ^ 1]))
+    with pytest.raises(ValueError, match=r"model.safetensors has other content than when it was written"):
+        train(make_recipe(workspace, out, resume_from_checkpoint=str(checkpoint)))
+    # A manifest of an earlier version holds sizes only: those are still checked.
+    sizes_only = {name: entry["bytes"] for name, entry in manifest.items()}
+    (checkpoint / CHECKPOINT_MANIFEST).write_text(json.dumps(sizes_only))
+    verify_checkpoint(checkpoint)
+    weights.write_bytes(intact[:100])
+    with pytest.raises(ValueError, match=r"model.safetensors has 100 bytes instead of \d+"):
+        verify_checkpoint(checkpoint)
 
 
 def test_resuming_with_another_recipe_names_what_changed(workspace, reference_run, tmp_path, capsys):
