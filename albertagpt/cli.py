@@ -6,6 +6,7 @@ into argparse options). An unknown field, in the YAML file or on the command lin
 """
 
 import argparse
+import re
 import typing
 from collections.abc import Sequence
 from dataclasses import fields
@@ -16,6 +17,18 @@ import yaml
 from transformers import HfArgumentParser
 
 Recipe = TypeVar("Recipe")
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """YAML 1.1 (PyYAML's) reads `1e-3` as a string, having no dot; YAML 1.2 and a command-line flag read a number.
+    This loader reads numbers with an exponent as floats, so that a recipe file means what the flag means."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),  # numbers with an exponent
+    list("-+0123456789."),
+)
 
 
 def field_names(recipe_type: type) -> list[str]:
@@ -54,7 +67,7 @@ def read_yaml_recipe(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Recipe file {str(path)!r} does not exist.")
-    values = yaml.safe_load(path.read_text()) or {}
+    values = yaml.load(path.read_text(), Loader=RecipeLoader) or {}
     if not isinstance(values, dict):
         raise ValueError(f"Recipe file {str(path)!r} must hold a mapping of field: value.")
     return values

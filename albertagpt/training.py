@@ -325,24 +325,33 @@ def verify_checkpoint(folder: Path) -> None:
     truncated or altered file is named here instead of failing deep inside `load_state` or, for a rank's RNG state or
     altered weights, not failing at all (the run would resume, but not exactly). Checkpoints written before the
     manifest existed are not checked, and those whose manifest holds sizes only are checked for sizes."""
+    problem = checkpoint_problem(folder)
+    if problem is not None:
+        raise ValueError(
+            f"Checkpoint {folder} is damaged: {problem}. Resume from an earlier checkpoint "
+            "(`--resume_from_checkpoint <folder>`, or delete this one and use `latest`) or start a new run."
+        )
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """What `verify_checkpoint` finds wrong with the files of `folder`, or None."""
     manifest = folder / CHECKPOINT_MANIFEST
     if not manifest.is_file():
-        return
-    for name, entry in json.loads(manifest.read_text()).items():
+        return None
+    try:
+        entries = json.loads(manifest.read_text())
+    except json.JSONDecodeError as error:
+        return f"its file list {CHECKPOINT_MANIFEST} is not JSON ({error})"
+    for name, entry in entries.items():
         path = folder / name
         size, sha256 = (entry, None) if isinstance(entry, int) else (entry["bytes"], entry["sha256"])
         if not path.is_file():
-            found = "is missing"
-        elif path.stat().st_size != size:
-            found = f"has {path.stat().st_size} bytes instead of {size}"
-        elif sha256 is not None and file_sha256(path) != sha256:
-            found = "has other content than when it was written (SHA-256 differs)"
-        else:
-            continue
-        raise ValueError(
-            f"Checkpoint {folder} is damaged: {name} {found}. Resume from an earlier checkpoint "
-            "(`--resume_from_checkpoint <folder>`, or delete this one and use `latest`) or start a new run."
-        )
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes instead of {size}"
+        if sha256 is not None and file_sha256(path) != sha256:
+            return f"{name} has other content than when it was written (SHA-256 differs)"
+    return None
 
 
 def write_recipe(recipe: TrainingRecipe, folder: Path) -> None:
@@ -649,6 +658,21 @@ def evaluate(
 
 
 @torch.no_grad()
+def sample_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """`</s>` + `prompt`: documents follow `</s>` in the packed training data."""
+    return [tokenizer.eos_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def check_sample_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, max_positions: int) -> None:
+    """Before training: a sample prompt that fills the learned positions would fail at the first evaluation."""
+    length = len(sample_prompt_ids(tokenizer, prompt))
+    if length >= max_positions:
+        raise ValueError(
+            f"`sample_prompt` is {length} tokens (with the `</s>` before it): the model's `max_position_embeddings` "
+            f"({max_positions}) leaves no room to generate a sample. Shorten it."
+        )
+
+
 def generate_sample(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -657,14 +681,11 @@ def generate_sample(
     max_new_tokens: int,
     seed: int,
 ) -> str:
-    """A sampled continuation of `</s>` + `prompt` (documents follow `</s>` in the packed training data).
-
-    It runs on a forked RNG so that evaluating never changes the training run's random stream.
-    """
+    """A sampled continuation of `</s>` + `prompt`, on a forked RNG so that evaluating never changes the training
+    run's random stream."""
     model = accelerator.unwrap_model(model)
     model.eval()
-    ids = [tokenizer.eos_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    input_ids = torch.tensor([ids], device=accelerator.device)
+    input_ids = torch.tensor([sample_prompt_ids(tokenizer, prompt)], device=accelerator.device)
     device = accelerator.device
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else None, device_type=device.type):
         torch.manual_seed(seed)
@@ -731,6 +752,8 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
         log_with=[JsonlTracker(output_dir / METRICS_FILE, progress), *trackers],
         project_dir=str(output_dir),
     )
+    if recipe.mixed_precision == "fp16" and accelerator.device.type == "cpu":  # Accelerate would train in fp32
+        raise ValueError("`mixed_precision` fp16 needs a GPU; on a CPU use bf16, or no.")
     with exclusive_output_dir(output_dir, accelerator.is_main_process):
         return run_training(recipe, accelerator, progress, checkpoint)
 
@@ -749,6 +772,7 @@ def run_training(
 
     set_seed(recipe.seed)  # the same initial weights on every process and in every run of this recipe
     model = build_model(recipe, tokenizer)
+    check_sample_prompt(tokenizer, recipe.sample_prompt, model.config.max_position_embeddings)
     optimizer = torch.optim.AdamW(
         parameter_groups(model, recipe.weight_decay),
         lr=recipe.learning_rate,

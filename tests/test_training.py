@@ -392,6 +392,17 @@ def test_bad_input_is_named(workspace, tmp_path):
     with pytest.raises(FileNotFoundError, match="small_model.*has no tokenizer"):
         train(make_recipe(workspace, tmp_path / "h", model_config=str(small), tokenizer=None))
 
+    # A sample prompt that fills the learned positions would fail at the first evaluation: refused before training.
+    short = tmp_path / "short.json"
+    short.write_text(json.dumps({**TINY_SIZES, "max_position_embeddings": 64}))
+    with pytest.raises(ValueError, match=r"`sample_prompt` is \d+ tokens .* `max_position_embeddings` \(64\)"):
+        train(make_recipe(workspace, tmp_path / "i", model_config=str(short), sample_prompt="print(x) " * 100))
+
+    # Accelerate would accept fp16 on a CPU and train in fp32 without a word.
+    reset_accelerate_state()  # this process's Accelerate state was set up without mixed precision
+    with pytest.raises(ValueError, match="`mixed_precision` fp16 needs a GPU"):
+        train(make_recipe(workspace, tmp_path / "j", mixed_precision="fp16"))
+
     # A fresh run into a folder that already holds checkpoints would mix two runs.
     (tmp_path / "f" / "checkpoint-3").mkdir(parents=True)
     with pytest.raises(ValueError, match="resume_from_checkpoint latest"):
@@ -421,6 +432,10 @@ def test_a_damaged_checkpoint_is_named_before_resuming(workspace, reference_run,
     weights.write_bytes(intact[:-1] + bytes([intact[-1] ^ 1]))
     with pytest.raises(ValueError, match=r"model.safetensors has other content than when it was written"):
         train(make_recipe(workspace, out, resume_from_checkpoint=str(checkpoint)))
+    # A damaged file list is named too.
+    (checkpoint / CHECKPOINT_MANIFEST).write_text('{"model.safetensors": {"by')
+    with pytest.raises(ValueError, match=r"checkpoint-8 is damaged: its file list checkpoint_files.json is not JSON"):
+        verify_checkpoint(checkpoint)
     # A manifest of an earlier version holds sizes only: those are still checked.
     sizes_only = {name: entry["bytes"] for name, entry in manifest.items()}
     (checkpoint / CHECKPOINT_MANIFEST).write_text(json.dumps(sizes_only))
@@ -570,10 +585,12 @@ def test_gradient_accumulation_other_than_the_recipe_is_refused():
 
 def test_a_single_value_for_a_list_field_is_a_list_of_one(tmp_path):
     recipe_file = tmp_path / "single.yaml"
-    recipe_file.write_text("train_files: data/a.txt\nreport_to: none\nmixed_precision: no\n")
+    recipe_file.write_text("train_files: data/a.txt\nreport_to: none\nmixed_precision: no\nlearning_rate: 1e-3\n")
     recipe = parse_recipe(TrainingRecipe, ["--config", str(recipe_file)])
     assert (recipe.train_files, recipe.report_to, recipe.mixed_precision) == (["data/a.txt"], ["none"], "no")
     assert load_recipe(TrainingRecipe, None, train_files="data/a.txt").train_files == ["data/a.txt"]
+    # PyYAML alone reads `1e-3` as a string; a recipe file means a number, in Python as on the command line.
+    assert recipe.learning_rate == load_recipe(TrainingRecipe, recipe_file).learning_rate == 1e-3
 
 
 def test_recipes_load_and_unknown_fields_are_named(tmp_path):
