@@ -6,7 +6,6 @@ into argparse options). An unknown field, in the YAML file or on the command lin
 """
 
 import argparse
-import re
 import typing
 from collections.abc import Sequence
 from dataclasses import fields
@@ -17,18 +16,6 @@ import yaml
 from transformers import HfArgumentParser
 
 Recipe = TypeVar("Recipe")
-
-
-class RecipeLoader(yaml.SafeLoader):
-    """YAML 1.1 (PyYAML's) reads `1e-3` as a string, having no dot; YAML 1.2 and a command-line flag read a number.
-    This loader reads numbers with an exponent as floats, so that a recipe file means what the flag means."""
-
-
-RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),  # numbers with an exponent
-    list("-+0123456789."),
-)
 
 
 def field_names(recipe_type: type) -> list[str]:
@@ -63,11 +50,31 @@ def wrap_single_values(recipe_type: type, values: dict[str, Any]) -> dict[str, A
     }
 
 
+def number_type(hint: Any) -> type | None:
+    """`int` or `float` for a field typed so (also `float | None`, ...), else None."""
+    return next((kind for kind in (float, int) if kind in (hint, *typing.get_args(hint))), None)
+
+
+def convert_numbers(recipe_type: type, values: dict[str, Any]) -> dict[str, Any]:
+    """PyYAML reads `learning_rate: 1e-3` as a string (YAML 1.1 floats need a dot); argparse converts such a value
+    with the field's type, and so does this, for callers that skip argparse. Text fields stay text."""
+    hints = typing.get_type_hints(recipe_type)
+    converted = dict(values)
+    for name, value in values.items():
+        kind = number_type(hints.get(name))
+        if kind is not None and isinstance(value, str):
+            try:
+                converted[name] = kind(value)
+            except ValueError:
+                raise ValueError(f"`{name}` must be a number, got {value!r}.") from None
+    return converted
+
+
 def read_yaml_recipe(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Recipe file {str(path)!r} does not exist.")
-    values = yaml.load(path.read_text(), Loader=RecipeLoader) or {}
+    values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
         raise ValueError(f"Recipe file {str(path)!r} must hold a mapping of field: value.")
     return values
@@ -78,7 +85,7 @@ def load_recipe(recipe_type: type[Recipe], config: str | Path | None = None, **o
     values = read_yaml_recipe(config) if config is not None else {}
     check_field_names(recipe_type, list(values), f"recipe file {str(config)!r}")
     check_field_names(recipe_type, list(overrides), "the overrides")
-    return recipe_type(**wrap_single_values(recipe_type, {**values, **overrides}))
+    return recipe_type(**convert_numbers(recipe_type, wrap_single_values(recipe_type, {**values, **overrides})))
 
 
 def parse_recipe(recipe_type: type[Recipe], argv: Sequence[str] | None = None, description: str = "") -> Recipe:

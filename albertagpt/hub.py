@@ -10,7 +10,7 @@ import json
 import math
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import transformers
@@ -25,6 +25,7 @@ from transformers.utils.hub import convert_file_size_to_int
 
 from .data import BUILTIN_HELD_OUT_EVERY, held_out_every
 from .modeling_albertagpt import AlbertAGPTForCausalLM
+from .training import read_metrics
 
 # `albertagpt/model_card.md` links to the repository root's template; wheels carry it as package data.
 MODEL_CARD_TEMPLATE = Path(__file__).parent / "model_card.md"
@@ -143,13 +144,7 @@ def check_model_dir(model_dir: Path) -> None:
 def read_training_metrics(metrics_path: Path) -> TrainingMetrics:
     """Reads the training-loss and held-out entries of `metrics.jsonl`; both must be present."""
     metrics = TrainingMetrics([], [], [], [], [])
-    for line_number, line in enumerate(metrics_path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{metrics_path} line {line_number} is not valid JSON: {error}") from error
+    for entry in read_metrics(metrics_path):
         if "loss" in entry:
             metrics.train_steps.append(entry["step"])
             metrics.train_losses.append(entry["loss"])
@@ -180,7 +175,9 @@ def publishable_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     def published(value: Any) -> Any:
         if isinstance(value, list):
             return [published(item) for item in value]
-        return Path(value).name if isinstance(value, str) and Path(value).is_absolute() else value
+        if isinstance(value, str) and (PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute()):
+            return PureWindowsPath(value).name  # splits at both `/` and `\\`
+        return value
 
     return {name: published(value) if name in PATH_FIELDS else value for name, value in recipe.items()}
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.tracking import GeneralTracker
-from accelerate.utils import GradientAccumulationPlugin, set_seed
+from accelerate.utils import GradientAccumulationPlugin, broadcast_object_list, set_seed
 from datasets import IterableDataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -68,9 +68,19 @@ RESTORED_FIELDS = (
     "tokenizer",
     "vocab_size",
 )
-# Not compared as recipe fields: the architecture `model_config` names is compared with the checkpoint's by content
-# (`check_architecture`), since the file behind the same path may change and another path may hold the same one.
+# Not compared as recipe fields: the model config `model_config` names is compared with the checkpoint's by content
+# (`check_model_config`), since the file behind the same path may change and another path may hold the same one.
 ARCHITECTURE_FIELDS = ("model_config",)
+# Model config fields a resumed run may change: the weights come from the checkpoint (so their initialization does
+# not matter) and the token ids and vocabulary from its tokenizer; `use_cache` only concerns inference.
+RESUME_UNCOMPARED_CONFIG_FIELDS = (
+    "initializer_range",
+    "use_cache",
+    "vocab_size",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+)
 # Recipe fields that change only what a run reports or keeps, not the weights it computes: they may change on resume.
 REPORTING_FIELDS = (
     "output_dir",
@@ -378,6 +388,13 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(temporary))  # every rank writes its own RNG state into it
+        accelerator.wait_for_everyone()  # all ranks' files are in place before the manifest lists them
+        if accelerator.is_main_process:
+            tokenizer.save_pretrained(temporary)
+            # What a resumed run compares its model config and its recipe with; every field, defaults included.
+            config.to_json_file(temporary / CHECKPOINT_MODEL_CONFIG, use_diff=False)
+            write_recipe(recipe, temporary)
+            write_manifest(temporary)
     except Exception as error:  # torch reports a full disk as "unexpected pos ..." without naming it
         shutil.rmtree(temporary, ignore_errors=True)
         free_mib = shutil.disk_usage(output_dir).free / 2**20
@@ -385,12 +402,7 @@ def save_checkpoint(
             f"Writing {final.name} failed ({error}); {free_mib:.0f} MiB are free on the disk of {output_dir}. The "
             "earlier checkpoints are intact: free space, then resume with `--resume_from_checkpoint latest`."
         ) from error
-    accelerator.wait_for_everyone()  # all ranks' files are in place before the manifest lists them
     if accelerator.is_main_process:
-        tokenizer.save_pretrained(temporary)
-        config.to_json_file(temporary / CHECKPOINT_MODEL_CONFIG)  # what a resumed run compares its architecture with
-        write_recipe(recipe, temporary)  # what a resumed run compares its recipe with
-        write_manifest(temporary)
         if final.exists():  # resumed from an earlier checkpoint, this step is reached again
             shutil.rmtree(final)
         os.replace(temporary, final)
@@ -436,29 +448,31 @@ def warn_about_recipe_changes(accelerator: Accelerator, saved_recipe: Path, reci
         )
 
 
-def check_architecture(checkpoint: Path, config: AlbertAGPTConfig) -> None:
-    """A checkpoint resumes the architecture it was written with. Another one could load weights of the same shapes
-    (a shared block applied more often) and silently train a different model, or fail deep inside `load_state_dict`.
-    Checkpoints written before they held their config are not compared."""
+def check_model_config(checkpoint: Path, config: AlbertAGPTConfig) -> None:
+    """A checkpoint resumes the model it was written with. Another config could load weights of the same shapes (a
+    shared block applied more often) and silently train a different model, or fail deep inside `load_state_dict`.
+    Not compared: `RESUME_UNCOMPARED_CONFIG_FIELDS`. Checkpoints written before they held their config are not
+    compared."""
     saved_path = checkpoint / CHECKPOINT_MODEL_CONFIG
     if not saved_path.is_file():
         return
-    saved = json.loads(saved_path.read_text())
-    fields = [name for name in AlbertAGPTConfig.__annotations__ if name != "use_cache"]
+    saved = AlbertAGPTConfig.from_json_file(saved_path)  # fields the file lacks take their defaults
+    compared = [name for name in AlbertAGPTConfig.__annotations__ if name not in RESUME_UNCOMPARED_CONFIG_FIELDS]
     changed = [
-        f"{name}: {saved.get(name)!r} -> {getattr(config, name)!r}"
-        for name in fields
-        if saved.get(name) != getattr(config, name)
+        f"{name}: {getattr(saved, name)!r} -> {getattr(config, name)!r}"
+        for name in compared
+        if getattr(saved, name) != getattr(config, name)
     ]
     if changed:
         raise ValueError(
-            f"{checkpoint.name} holds a model of another architecture than `model_config` gives now "
-            f"({'; '.join(changed)}). Resume with the model config it was written with; to train the new "
-            "architecture, start a new run in another `output_dir`."
+            f"{checkpoint.name} holds a model whose config differs from what `model_config` gives now "
+            f"({'; '.join(changed)}). Resume with the model config it was written with; to train the other model, "
+            "start a new run in another `output_dir`."
         )
 
 
 def check_resumed_step(checkpoint: Path, step: int, max_steps: int) -> None:
+    """A checkpoint past `max_steps` would end the run at once, at a step the recipe never asked for."""
     if step > max_steps:
         raise ValueError(
             f"{checkpoint.name} is at step {step}, beyond `max_steps` ({max_steps}): raise `max_steps`, or resume "
@@ -657,7 +671,6 @@ def evaluate(
     return (torch.cat(loss_sums).sum() / torch.cat(token_counts).sum()).item()
 
 
-@torch.no_grad()
 def sample_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     """`</s>` + `prompt`: documents follow `</s>` in the packed training data."""
     return [tokenizer.eos_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -673,6 +686,7 @@ def check_sample_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, max_pos
         )
 
 
+@torch.no_grad()
 def generate_sample(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -707,23 +721,36 @@ def generate_sample(
 
 
 @contextlib.contextmanager
-def exclusive_output_dir(output_dir: Path, is_main_process: bool = True) -> Iterator[None]:
-    """Two runs writing into one `output_dir` would interleave their metrics and overwrite each other's
-    checkpoints: the main process holds a lock on `output_dir/.train.lock` for the run (the system releases it when
-    the process ends, even by SIGKILL). Where `fcntl` is missing (Windows) there is no lock."""
-    if fcntl is None or not is_main_process:
+def exclusive_output_dir(output_dir: Path, accelerator: Accelerator) -> Iterator[None]:
+    """Two runs writing into one `output_dir` would interleave their metrics and overwrite each other's checkpoints:
+    the main process holds a lock on `output_dir/.train.lock` for the run (the system releases it when the process
+    ends, even by SIGKILL), and every process stops when another run holds it. Without `fcntl` (Windows), or on a
+    file system without `flock`, the run goes on unlocked."""
+    with contextlib.ExitStack() as held:
+        refusal = None
+        if accelerator.is_main_process:
+            refusal = lock_output_dir(output_dir, held)
+        refusal = broadcast_object_list([refusal])[0]  # every rank stops, not only the main one
+        if refusal is not None:
+            raise RuntimeError(refusal)
         yield
-        return
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with (output_dir / OUTPUT_LOCK).open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeError(
-                f"Another run is writing into `output_dir` {str(output_dir)!r} (it holds {OUTPUT_LOCK}): wait for it "
-                "to end, or choose another `output_dir`."
-            ) from None
-        yield
+
+
+def lock_output_dir(output_dir: Path, held: contextlib.ExitStack) -> str | None:
+    """Takes the lock of `output_dir` until `held` closes; returns why it cannot, or None."""
+    if fcntl is None:
+        return None
+    lock = held.enter_context((output_dir / OUTPUT_LOCK).open("w"))
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return (
+            f"Another run is writing into `output_dir` {str(output_dir)!r} (it holds {OUTPUT_LOCK}): wait for it to "
+            "end, or choose another `output_dir`."
+        )
+    except OSError as error:  # e.g. Lustre mounted without flock, some FUSE file systems
+        tqdm.write(f"Warning: cannot lock {output_dir} ({error}); nothing stops a second run from writing into it.")
+    return None
 
 
 def train(recipe: TrainingRecipe) -> TrainingResult:
@@ -737,6 +764,8 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
             f"({model_config.max_position_embeddings})."
         )
     checkpoint = resolve_checkpoint(recipe)
+    if checkpoint is not None:
+        check_model_config(checkpoint, model_config)  # before any data or model is prepared
     output_dir.mkdir(parents=True, exist_ok=True)
     if recipe.cpu_threads is not None:
         torch.set_num_threads(recipe.cpu_threads)
@@ -752,27 +781,29 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
         log_with=[JsonlTracker(output_dir / METRICS_FILE, progress), *trackers],
         project_dir=str(output_dir),
     )
-    if recipe.mixed_precision == "fp16" and accelerator.device.type == "cpu":  # Accelerate would train in fp32
+    # Set by the recipe or by `accelerate launch`, fp16 on a CPU would train in fp32 without a word.
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise ValueError("`mixed_precision` fp16 needs a GPU; on a CPU use bf16, or no.")
-    with exclusive_output_dir(output_dir, accelerator.is_main_process):
+    with exclusive_output_dir(output_dir, accelerator):
         return run_training(recipe, accelerator, progress, checkpoint)
 
 
 def run_training(
     recipe: TrainingRecipe, accelerator: Accelerator, progress: TrainingProgress, checkpoint: Path | None
 ) -> TrainingResult:
-    """The loop of `train`: data, model, optimizer, then steps, evaluations and checkpoints until `max_steps`."""
+    """The loop of `train`: tokenizer, model, data, optimizer, then steps, evaluations and checkpoints until
+    `max_steps`."""
     output_dir = Path(recipe.output_dir)
     with accelerator.main_process_first():  # the main process fills the `datasets` cache, the others reuse it
         splits = load_text_splits(recipe)
     tokenizer = prepare_tokenizer(recipe, accelerator, checkpoint, splits["train"])
+    set_seed(recipe.seed)  # the same initial weights on every process and in every run of this recipe
+    model = build_model(recipe, tokenizer)
+    check_sample_prompt(tokenizer, recipe.sample_prompt, model.config.max_position_embeddings)  # before packing
     with accelerator.main_process_first():
         train_blocks = pack_into_blocks(splits["train"], tokenizer, recipe.block_size, recipe.text_column)
         eval_blocks = pack_into_blocks(splits["validation"], tokenizer, recipe.block_size, recipe.text_column)
 
-    set_seed(recipe.seed)  # the same initial weights on every process and in every run of this recipe
-    model = build_model(recipe, tokenizer)
-    check_sample_prompt(tokenizer, recipe.sample_prompt, model.config.max_position_embeddings)
     optimizer = torch.optim.AdamW(
         parameter_groups(model, recipe.weight_decay),
         lr=recipe.learning_rate,
@@ -793,7 +824,6 @@ def run_training(
     accelerator.register_for_checkpointing(progress, scheduler)
     if checkpoint is not None:
         say(accelerator, f"Resuming from {checkpoint}")
-        check_architecture(checkpoint, accelerator.unwrap_model(model).config)
         warn_about_recipe_changes(accelerator, checkpoint / RECIPE_FILE, recipe)
         warn_about_process_count(accelerator, checkpoint)
         try:
@@ -819,7 +849,6 @@ def run_training(
     initial_eval_loss = None
     if checkpoint is None:
         initial_eval_loss, _ = evaluate_and_log(0)
-    start_step = progress.step
 
     tokens_per_step = (
         recipe.per_device_train_batch_size
@@ -887,11 +916,12 @@ def run_training(
             save_checkpoint(accelerator, output_dir, step, tokenizer, recipe, accelerator.unwrap_model(model).config)
     progress_bar.close()
 
-    # A run resumed at its last step logs the final evaluation only if the killed run had not logged it yet.
+    # Logged unless already in metrics.jsonl: a run resumed at its last step may have been killed before or after
+    # its final evaluation (the tracker keeps rows up to the resumed step only, so a run that trained has none).
     final_logged = any(
         row["step"] == progress.step and "eval_loss" in row for row in read_metrics(output_dir / METRICS_FILE)
     )
-    final_eval_loss, sample = evaluate_and_log(progress.step, log=progress.step > start_step or not final_logged)
+    final_eval_loss, sample = evaluate_and_log(progress.step, log=not final_logged)
     unwrapped = accelerator.unwrap_model(model)
     unwrapped.save_pretrained(
         output_dir,

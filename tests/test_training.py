@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
 import albertagpt.training
-from albertagpt import AlbertAGPTForCausalLM
+from albertagpt import AlbertAGPTConfig, AlbertAGPTForCausalLM
 from albertagpt.cli import load_recipe, parse_recipe
 from albertagpt.data import builtin_corpus
 from albertagpt.distributed import FSDP_UNIT_CLASSES
@@ -40,8 +40,8 @@ from albertagpt.training import (
     CHECKPOINT_MANIFEST,
     TrainingRecipe,
     check_gradient_accumulation,
+    check_model_config,
     evaluate,
-    exclusive_output_dir,
     latest_checkpoint,
     list_checkpoints,
     parameter_groups,
@@ -370,7 +370,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint(workspace,
         train(make_recipe(workspace, tmp_path / "early", checkpointing_steps=8))
 
 
-def test_bad_input_is_named(workspace, tmp_path):
+def test_bad_input_is_named(workspace, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"`block_size` \(128\) exceeds the model's `max_position_embeddings` \(64\)"):
         train(make_recipe(workspace, tmp_path / "a", block_size=128))
     with pytest.raises(FileNotFoundError, match="nowhere.txt"):
@@ -402,6 +402,11 @@ def test_bad_input_is_named(workspace, tmp_path):
     reset_accelerate_state()  # this process's Accelerate state was set up without mixed precision
     with pytest.raises(ValueError, match="`mixed_precision` fp16 needs a GPU"):
         train(make_recipe(workspace, tmp_path / "j", mixed_precision="fp16"))
+    reset_accelerate_state()
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # as `accelerate launch --mixed_precision fp16` sets it
+    with pytest.raises(ValueError, match="`mixed_precision` fp16 needs a GPU"):
+        train(make_recipe(workspace, tmp_path / "k", mixed_precision=None))
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
 
     # A fresh run into a folder that already holds checkpoints would mix two runs.
     (tmp_path / "f" / "checkpoint-3").mkdir(parents=True)
@@ -482,8 +487,16 @@ def test_resuming_another_architecture_or_past_max_steps_is_refused(workspace, r
     # A shared block applied twice as often has weights of the same shapes: it would load, and train another model.
     deeper = tmp_path / "deeper.json"
     deeper.write_text(json.dumps({**TINY_SIZES, "hidden_dropout_prob": 0.1, "num_hidden_layers": 8}))
-    with pytest.raises(ValueError, match=r"another architecture .*num_hidden_layers: 4 -> 8"):
+    with pytest.raises(ValueError, match=r"config differs .*num_hidden_layers: 4 -> 8"):
         train(make_recipe(workspace, out, resume_from_checkpoint="latest", model_config=str(deeper)))
+    # No false alarms: a field the saved config lacks (written before the field existed) takes its default, and the
+    # initialization is irrelevant to weights that come from the checkpoint.
+    saved = json.loads((out / "checkpoint-8" / "config.json").read_text())
+    del saved["norm_type"]
+    legacy = tmp_path / "legacy-checkpoint"
+    legacy.mkdir()
+    (legacy / "config.json").write_text(json.dumps(saved))
+    check_model_config(legacy, AlbertAGPTConfig(**{**saved, "initializer_range": 0.5}))
     reset_accelerate_state()
     with pytest.raises(ValueError, match=r"checkpoint-8 is at step 8, beyond `max_steps` \(6\)"):
         train(make_recipe(workspace, out, resume_from_checkpoint="latest", max_steps=6))
@@ -529,32 +542,58 @@ def test_a_torn_metrics_row_is_dropped_only_at_the_end(tmp_path):
         read_metrics(metrics)
 
 
-def test_a_failed_checkpoint_write_is_named_and_removed(workspace, tmp_path, monkeypatch):
-    real_save_state = Accelerator.save_state
+@pytest.mark.parametrize("failing", ["weights", "file list"])
+def test_a_failed_checkpoint_write_is_named_and_removed(workspace, tmp_path, monkeypatch, failing):
+    real_save_state, real_write_manifest = Accelerator.save_state, albertagpt.training.write_manifest
 
-    def disk_full_at_step_8(self, output_dir, **kwargs):
+    def disk_full_in_the_weights(self, output_dir, **kwargs):
         if output_dir.endswith("checkpoint-8"):
             Path(output_dir).mkdir()
             (Path(output_dir) / "model.safetensors").write_bytes(b"partial")
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 782016 vs 781904")
         return real_save_state(self, output_dir, **kwargs)
 
-    monkeypatch.setattr(Accelerator, "save_state", disk_full_at_step_8)
+    def disk_full_in_the_file_list(folder):
+        if folder.name.endswith("checkpoint-8"):
+            raise OSError(28, "No space left on device")
+        real_write_manifest(folder)
+
+    if failing == "weights":
+        monkeypatch.setattr(Accelerator, "save_state", disk_full_in_the_weights)
+    else:
+        monkeypatch.setattr(albertagpt.training, "write_manifest", disk_full_in_the_file_list)
     out = tmp_path / "run"
-    with pytest.raises(RuntimeError, match=r"Writing checkpoint-8 failed \(.*unexpected pos.*\); \d+ MiB are free"):
+    with pytest.raises(RuntimeError, match=r"Writing checkpoint-8 failed \(.*(unexpected pos|No space).*\); \d+ MiB"):
         train(make_recipe(workspace, out))
     assert not (out / ".tmp-checkpoint-8").exists()  # its space is free again
     assert latest_checkpoint(out) == out / "checkpoint-4"
 
 
+LOCK_HOLDER = """
+import fcntl, sys, time
+lock = open(sys.argv[1], "w")
+fcntl.flock(lock, fcntl.LOCK_EX)
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
 def test_a_second_run_into_the_same_output_dir_is_refused(workspace, tmp_path):
     out = tmp_path / "run"
-    with exclusive_output_dir(out):  # as another process running into `out` holds it
+    out.mkdir()
+    # Another process holds the lock of `out`, as a run writing into it does.
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(out / ".train.lock")], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"holding\n"
         with pytest.raises(RuntimeError, match="Another run is writing into `output_dir`"):
             train(make_recipe(workspace, out))
-    assert not list_checkpoints(out)
-    with exclusive_output_dir(out):  # released when its holder ends
-        pass
+        assert not (out / "metrics.jsonl").exists()  # stopped before writing anything
+    finally:
+        holder.kill()
+        holder.wait()
+    reset_accelerate_state()
+    train(make_recipe(workspace, out, max_steps=2, eval_steps=2, checkpointing_steps=2))  # free once its holder ends
+    assert [path.name for path in list_checkpoints(out)] == ["checkpoint-2"]
 
 
 def test_resuming_with_another_number_of_processes_warns(tmp_path, capsys):
@@ -585,12 +624,25 @@ def test_gradient_accumulation_other_than_the_recipe_is_refused():
 
 def test_a_single_value_for_a_list_field_is_a_list_of_one(tmp_path):
     recipe_file = tmp_path / "single.yaml"
-    recipe_file.write_text("train_files: data/a.txt\nreport_to: none\nmixed_precision: no\nlearning_rate: 1e-3\n")
+    recipe_file.write_text("train_files: data/a.txt\nreport_to: none\nmixed_precision: no\n")
     recipe = parse_recipe(TrainingRecipe, ["--config", str(recipe_file)])
     assert (recipe.train_files, recipe.report_to, recipe.mixed_precision) == (["data/a.txt"], ["none"], "no")
     assert load_recipe(TrainingRecipe, None, train_files="data/a.txt").train_files == ["data/a.txt"]
-    # PyYAML alone reads `1e-3` as a string; a recipe file means a number, in Python as on the command line.
-    assert recipe.learning_rate == load_recipe(TrainingRecipe, recipe_file).learning_rate == 1e-3
+
+
+def test_numbers_pyyaml_reads_as_text_are_numbers_in_number_fields_only(tmp_path):
+    # PyYAML reads `1e-3` as a string (YAML 1.1 floats need a dot). Number fields take it as a number, in Python as on
+    # the command line (argparse converts it); text fields keep it as text.
+    recipe_file = tmp_path / "numbers.yaml"
+    recipe_file.write_text("learning_rate: 1e-3\nmax_steps: '20'\noutput_dir: 1e3\nsample_prompt: 6e23\n")
+    for recipe in (
+        load_recipe(TrainingRecipe, recipe_file),
+        parse_recipe(TrainingRecipe, ["--config", str(recipe_file)]),
+    ):
+        assert (recipe.learning_rate, recipe.max_steps) == (1e-3, 20)
+        assert (recipe.output_dir, recipe.sample_prompt) == ("1e3", "6e23")
+    with pytest.raises(ValueError, match="`learning_rate` must be a number, got 'fast'"):
+        load_recipe(TrainingRecipe, None, learning_rate="fast")
 
 
 def test_recipes_load_and_unknown_fields_are_named(tmp_path):
