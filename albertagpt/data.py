@@ -163,8 +163,12 @@ def pack_into_blocks(
 
     def pack(batch: dict[str, list]) -> dict[str, list[list[int]]]:
         # Whole documents, cut into blocks below: a tokenizer's `model_max_length` does not apply (`verbose=False`
-        # keeps it from warning about every longer document).
-        documents = tokenizer(batch[text_column], add_special_tokens=False, verbose=False)["input_ids"]
+        # keeps it from warning about every longer document). Text that reads like a special token (HTML's `<s>`,
+        # a literal `</s>`) is encoded as text: else it would end a document mid-way, or become a pad that the
+        # collator leaves out of the loss.
+        documents = tokenizer(batch[text_column], add_special_tokens=False, split_special_tokens=True, verbose=False)[
+            "input_ids"
+        ]
         stream = list(chain.from_iterable(document + eos for document in documents))
         usable = len(stream) - len(stream) % block_size
         return {"input_ids": [stream[start : start + block_size] for start in range(0, usable, block_size)]}

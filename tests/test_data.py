@@ -8,6 +8,7 @@ from pydoc_data.topics import topics
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from datasets import Dataset
 
 from albertagpt.data import TextSource, builtin_corpus, iter_texts, load_text_splits, pack_into_blocks
 from albertagpt.tokenizer import train_tokenizer
@@ -40,6 +41,15 @@ def test_packing_concatenates_documents_with_eos_into_full_blocks(tokenizer):
     assert len(blocks) == len(stream) // 16  # one map batch: only the last partial block is dropped
     assert all(len(row) == 16 for row in blocks["input_ids"])
     assert list(chain.from_iterable(blocks["input_ids"])) == stream[: len(blocks) * 16]
+
+
+def test_text_that_reads_like_a_special_token_is_packed_as_text(tokenizer):
+    documents = Dataset.from_dict({"text": ["<s>struck</s> out", "a <pad> here"]})
+    stream = list(chain.from_iterable(pack_into_blocks(documents, tokenizer, block_size=2)["input_ids"]))
+    # The first special id is the first document's end, after all of its text; no text became a start or a pad.
+    first_end = stream.index(tokenizer.eos_token_id)
+    assert tokenizer.decode(stream[:first_end]) == "<s>struck</s> out"
+    assert tokenizer.bos_token_id not in stream and tokenizer.pad_token_id not in stream
 
 
 def write_formats(tmp_path, documents):
