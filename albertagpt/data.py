@@ -166,10 +166,8 @@ def pack_into_blocks(
         # keeps it from warning about every longer document). Text that reads like a special token (HTML's `<s>`,
         # a literal `</s>`) is encoded as text: else it would end a document mid-way, or become a pad that the
         # collator leaves out of the loss.
-        documents = tokenizer(batch[text_column], add_special_tokens=False, split_special_tokens=True, verbose=False)[
-            "input_ids"
-        ]
-        stream = list(chain.from_iterable(document + eos for document in documents))
+        encoded = tokenizer(batch[text_column], add_special_tokens=False, split_special_tokens=True, verbose=False)
+        stream = list(chain.from_iterable(document + eos for document in encoded["input_ids"]))
         usable = len(stream) - len(stream) % block_size
         return {"input_ids": [stream[start : start + block_size] for start in range(0, usable, block_size)]}
 
