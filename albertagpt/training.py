@@ -70,7 +70,7 @@ RESTORED_FIELDS = (
 )
 # Not compared as recipe fields: the model config `model_config` names is compared with the checkpoint's by content
 # (`check_model_config`), since the file behind the same path may change and another path may hold the same one.
-ARCHITECTURE_FIELDS = ("model_config",)
+COMPARED_BY_CONTENT_FIELDS = ("model_config",)
 # Model config fields a resumed run may change: the weights come from the checkpoint (so their initialization does
 # not matter) and the token ids and vocabulary from its tokenizer; `use_cache` only concerns inference.
 RESUME_UNCOMPARED_CONFIG_FIELDS = (
@@ -421,7 +421,7 @@ def recipe_changes(saved: Mapping[str, Any], recipe: TrainingRecipe) -> dict[str
     those the checkpoint overrides (`"restored"`, see `RESTORED_FIELDS`) and those that take effect (`"applied"`)."""
     changes = {"restored": [], "applied": []}
     for name, value in asdict(recipe).items():
-        if name in saved and name not in REPORTING_FIELDS + ARCHITECTURE_FIELDS and saved[name] != value:
+        if name in saved and name not in REPORTING_FIELDS + COMPARED_BY_CONTENT_FIELDS and saved[name] != value:
             changes["restored" if name in RESTORED_FIELDS else "applied"].append(
                 f"{name}: {saved[name]!r} -> {value!r}"
             )
@@ -727,9 +727,7 @@ def exclusive_output_dir(output_dir: Path, accelerator: Accelerator) -> Iterator
     ends, even by SIGKILL), and every process stops when another run holds it. Without `fcntl` (Windows), or on a
     file system without `flock`, the run goes on unlocked."""
     with contextlib.ExitStack() as held:
-        refusal = None
-        if accelerator.is_main_process:
-            refusal = lock_output_dir(output_dir, held)
+        refusal = lock_output_dir(output_dir, held) if accelerator.is_main_process else None
         refusal = broadcast_object_list([refusal])[0]  # every rank stops, not only the main one
         if refusal is not None:
             raise RuntimeError(refusal)
