@@ -249,7 +249,7 @@ def count_training_flops(model: PreTrainedModel, input_ids: torch.Tensor, dtype:
 
 
 def measure_matmul_peak(device: torch.device, dtype: str, size: int = 2048, repeats: int = 10) -> float:
-    """This machine's best square-matmul throughput in FLOP/s (fp32 on CPU, bf16 on GPU): the MFU denominator."""
+    """This machine's best square-matmul throughput in FLOP/s, in the run's dtype: the MFU denominator."""
     torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
     a = torch.randn(size, size, device=device, dtype=torch_dtype)
     b = torch.randn(size, size, device=device, dtype=torch_dtype)
@@ -703,6 +703,11 @@ def format_table(results: dict[str, Any]) -> str:
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    settings = results["settings"]
+    if results["shape"] != asdict(BenchmarkShape()) or (settings["device"], settings["dtype"]) != ("cpu", "float32"):
+        lines.append(
+            "\nThe targets are stated for the default shape on a CPU in float32: here they are for reference."
+        )
     return "\n".join(lines)
 
 
@@ -727,6 +732,19 @@ def format_scaling_tables(results: dict[str, Any]) -> str:
             f"{row['albertagpt_step_s']:.3f} | {per_layer:.1f} |"
         )
     return "\n".join(lines)
+
+
+def check_output_paths(output: str | Path, plot: str | Path | None) -> None:
+    """Where the results and the plot will go, checked before minutes of measuring: a folder, or an image format
+    matplotlib cannot write, would otherwise fail only after them, and lose the results."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    for path in (output, plot):
+        if path is not None and (Path(path).is_dir() or Path(path).parent.is_file()):
+            raise ValueError(f"{str(path)!r} cannot be written as a file: it is a folder, or its folder is a file.")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if plot is not None and Path(plot).suffix.lstrip(".").lower() not in formats:
+        raise ValueError(f"Plot {str(plot)!r}: matplotlib writes only {', '.join(sorted(formats))} files.")
 
 
 def save_results(results: dict[str, Any], path: str | Path) -> Path:
@@ -814,6 +832,7 @@ __all__ = [
     "round_ratio_quartiles",
     "evaluate_targets",
     "format_table",
+    "check_output_paths",
     "format_scaling_tables",
     "save_results",
     "plot_results",

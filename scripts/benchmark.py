@@ -14,6 +14,7 @@ from albertagpt.benchmark import (
     QUICK_SHAPE,
     BenchmarkSettings,
     BenchmarkShape,
+    check_output_paths,
     check_run_is_possible,
     format_scaling_tables,
     format_table,
@@ -54,10 +55,13 @@ def main() -> None:
     for name in ("train_steps", "generate_repeats"):
         if getattr(args, name) is not None:
             settings_overrides[name] = getattr(args, name)
+    output = args.output or ("benchmarks/results_quick.json" if args.quick else "benchmarks/results.json")
+    plot = args.plot or (None if args.quick else f"docs/benchmark_{args.device}.png")
     try:
         shape = BenchmarkShape(**{**asdict(shape), **shape_overrides})
         settings = BenchmarkSettings(**{**asdict(settings), **settings_overrides})
         check_run_is_possible(shape, settings)
+        check_output_paths(output, plot)
     except ValueError as error:
         parser.error(str(error))
 
@@ -65,9 +69,7 @@ def main() -> None:
     print(format_table(results))
     print()
     print(format_scaling_tables(results))
-    output = args.output or ("benchmarks/results_quick.json" if args.quick else "benchmarks/results.json")
     print(f"results written to {save_results(results, output)}")
-    plot = args.plot or (None if args.quick else f"docs/benchmark_{args.device}.png")
     if plot:
         print(f"plot written to {plot_results(results, plot)}")
 

@@ -95,6 +95,9 @@ def test_run_benchmark_reports_every_measurement(one_thread):
     assert results["round_ratios"]["gpt2"] == {}  # one timed round each: no spread to report
     table = format_table(results)
     assert "training tokens/s" in table and "generate tokens/s, batch 2" in table
+    assert table.endswith(
+        "The targets are stated for the default shape on a CPU in float32: here they are for reference."
+    )
 
 
 def test_command_line_passes_its_settings_through(one_thread, tmp_path, monkeypatch, capsys):
@@ -109,6 +112,21 @@ def test_command_line_passes_its_settings_through(one_thread, tmp_path, monkeypa
     assert all(len(run["times_s"]) == 3 for per_model in results["generation"].values() for run in per_model.values())
     assert all(len(run["step_times_s"]) == 1 for run in results["training"].values())
     assert "generate tokens/s, batch 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "option, value, match",
+    [("--output", "{tmp}", "cannot be written as a file"), ("--plot", "{tmp}/plot.xyz", "matplotlib writes only")],
+)
+def test_output_paths_that_cannot_be_written_are_refused_before_measuring(
+    tmp_path, monkeypatch, capsys, option, value, match
+):
+    monkeypatch.setattr(sys, "argv", ["benchmark.py", "--quick", option, value.format(tmp=tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO_ROOT / "scripts" / "benchmark.py"), run_name="__main__")
+    assert exit_info.value.code == 2
+    printed = capsys.readouterr()
+    assert match in printed.err and "training tokens/s" not in printed.out  # nothing was measured
 
 
 def test_cpu_training_memory_is_measured_in_bfloat16_too():
