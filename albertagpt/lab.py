@@ -71,11 +71,13 @@ class SweepRecipe(TrainingRecipe):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not self.variants:
+            raise ValueError("`variants` is empty: name at least one, e.g. post-layernorm.")
         for variant in self.variants:
             variant_config(variant)
-        if not 0 < self.min_learning_rate <= self.max_learning_rate:
+        if not 0 < self.min_learning_rate <= self.max_learning_rate < math.inf:
             raise ValueError(
-                f"Need 0 < `min_learning_rate` <= `max_learning_rate`, got {self.min_learning_rate} and "
+                f"Need 0 < `min_learning_rate` <= `max_learning_rate` < inf, got {self.min_learning_rate} and "
                 f"{self.max_learning_rate}."
             )
         if self.learning_rate_points < 1:
@@ -93,8 +95,8 @@ class SweepRecipe(TrainingRecipe):
             )
         if len(set(self.variants)) < len(self.variants):
             raise ValueError(f"`variants` lists a variant twice: {self.variants}.")
-        if self.tolerance <= 0:
-            raise ValueError(f"`tolerance` must be positive, got {self.tolerance}.")
+        if not 0 < self.tolerance < math.inf:
+            raise ValueError(f"`tolerance` must be a positive finite fraction, got {self.tolerance}.")
         if self.processes < 0:
             raise ValueError(f"`processes` must not be negative, got {self.processes}.")
 

@@ -835,6 +835,11 @@ def run_training(
 
     def evaluate_and_log(step: int, log: bool = True) -> tuple[float, str]:
         eval_loss = evaluate(model, eval_loader, accelerator, recipe.max_eval_batches)
+        if not math.isfinite(eval_loss):  # an update after the last loss check diverged; sampling would crash
+            raise FloatingPointError(
+                f"Non-finite held-out loss ({eval_loss}) at step {step}: the weights diverged after the last finite "
+                "training loss. Lower `learning_rate`; checkpoints written since that loss hold the diverged weights."
+            )
         sample = generate_sample(
             model, tokenizer, accelerator, recipe.sample_prompt, recipe.sample_max_new_tokens, recipe.seed
         )

@@ -2,6 +2,7 @@
 training loop, and the training loop's `diagnostics` option."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,13 @@ def test_sweep_recipe_checks_its_grid() -> None:
         SweepRecipe(min_learning_rate=1e-3, max_learning_rate=1.001e-3, learning_rate_points=2)
     with pytest.raises(ValueError, match="lists a variant twice"):
         SweepRecipe(variants=["none", "none"])
+    with pytest.raises(ValueError, match="`variants` is empty"):
+        SweepRecipe(variants=[])
+    with pytest.raises(ValueError, match="< inf"):
+        SweepRecipe(max_learning_rate=math.inf)
+    for tolerance in (math.nan, math.inf, 0.0):  # NaN would make no run usable, inf every run
+        with pytest.raises(ValueError, match="`tolerance` must be a positive finite fraction"):
+            SweepRecipe(tolerance=tolerance)
     assert SweepRecipe(warmup_steps=5).warmups() == [5, 0]
     assert SweepRecipe(warmup_steps=5, compare_warmup=False).warmups() == [5]
 
@@ -139,6 +147,18 @@ def recipe_fields(workspace: Path, output_dir: Path) -> dict:
         report_to=["none"],
         sample_max_new_tokens=1,
     )
+
+
+def test_a_run_whose_last_update_diverges_is_recorded_and_the_sweep_goes_on(workspace: Path, tmp_path: Path) -> None:
+    # One step at LR 1000 without warm-up: its loss was finite when checked, the weights after it are not, and the
+    # final evaluation finds out (its sample generation used to crash the whole sweep).
+    fields = {**recipe_fields(workspace, tmp_path), "max_steps": 1, "warmup_steps": 0, "eval_steps": 1}
+    grid = dict(min_learning_rate=1e-2, max_learning_rate=1e3, learning_rate_points=2, compare_warmup=False)
+    runs, _ = run_sweep(SweepRecipe(**fields, **grid, variants=["none"], processes=1))
+    assert [(run.learning_rate, run.diverged) for run in runs] == [(0.01, False), (1000.0, True)]
+    assert math.isnan(runs[1].final_eval_loss)
+    assert "Non-finite held-out loss" in (tmp_path / "runs" / "none_lr1000_warmup0" / "train.log").read_text()
+    assert (tmp_path / "usable_lr.md").is_file()
 
 
 def test_sweep_runs_the_grid_through_the_training_loop(workspace: Path, tmp_path: Path) -> None:
