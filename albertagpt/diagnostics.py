@@ -297,7 +297,8 @@ def diagnose_batch(
     """Statistics of one forward and backward pass on `batch` (and, given `optimizer`, of one real step with it).
 
     `batch` holds the model's inputs (`input_ids`, `attention_mask`, ...); without `labels`, a causal LM predicts
-    its `input_ids`. Gradients already in `.grad` are cleared first, and this batch's are left there. The model
+    its `input_ids` where `attention_mask` (if given) marks real tokens, as the training collator labels them.
+    Gradients already in `.grad` are cleared first, and this batch's are left there. The model
     stays in its current mode (call `model.train()` for training-mode statistics).
 
     ```python
@@ -306,7 +307,9 @@ def diagnose_batch(
     ```
     """
     inputs = dict(batch)
-    inputs.setdefault("labels", inputs["input_ids"])
+    if "labels" not in inputs:
+        mask = inputs.get("attention_mask")
+        inputs["labels"] = inputs["input_ids"] if mask is None else inputs["input_ids"].masked_fill(mask == 0, -100)
     recorder = DiagnosticsRecorder(model, optimizer)
     try:
         model.zero_grad(set_to_none=True)

@@ -65,6 +65,21 @@ def test_diagnostics_equal_values_computed_by_hand(variant: str) -> None:
     assert len(table.splitlines()) == 1 + 4 + (final is not None) + 1 + 1 + 2
 
 
+def test_pads_stay_out_of_the_loss_as_in_training() -> None:
+    # Without labels, positions the attention mask marks as padding are not predicted, as the training collator
+    # labels them: the same statistics as with those labels given.
+    model = variant_model("post-layernorm")
+    input_ids = random_ids(2, 8)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 5:] = 0
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    implied = diagnose_batch(model, {"input_ids": input_ids, "attention_mask": attention_mask})
+    given = diagnose_batch(model, {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels})
+    unmasked = diagnose_batch(model, {"input_ids": input_ids, "attention_mask": attention_mask, "labels": input_ids})
+    assert implied.applications[0].residual_grad_norm == given.applications[0].residual_grad_norm
+    assert implied.applications[0].residual_grad_norm != unmasked.applications[0].residual_grad_norm
+
+
 def test_post_layernorm_outputs_have_unit_rms_at_init() -> None:
     # gamma = 1, beta = 0: each token has mean 0 and variance v / (v + eps), so the RMS is just below 1.
     stats = diagnose_batch(variant_model("post-layernorm"), {"input_ids": random_ids(2, 8)})
