@@ -13,8 +13,8 @@ What is recorded, for one optimizer step:
 
 RMS values are over every element of the batch, padding included. A step of several micro-batches (gradient
 accumulation) is recorded as one batch: its statistics combine the sums of squares of every micro-batch. Three ways
-in: `diagnose_batch` (one batch, a
-table), `DiagnosticsCallback` (a `transformers.Trainer`), and `DiagnosticsRecorder` (any loop; `train --diagnostics`).
+in: `diagnose_batch` (one batch, a table), `DiagnosticsCallback` (a `transformers.Trainer`), and
+`DiagnosticsRecorder` (any loop; `train --diagnostics`).
 """
 
 import math

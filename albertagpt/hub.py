@@ -25,14 +25,11 @@ from transformers.utils.hub import convert_file_size_to_int
 
 from .data import BUILTIN_HELD_OUT_EVERY, held_out_every
 from .modeling_albertagpt import AlbertAGPTForCausalLM
-from .training import read_metrics
+from .training import METRICS_FILE, RECIPE_FILE, read_metrics
 
 # `albertagpt/model_card.md` links to the repository root's template; wheels carry it as package data.
 MODEL_CARD_TEMPLATE = Path(__file__).parent / "model_card.md"
-METRICS_FILENAME = "metrics.jsonl"
 LOSS_CURVE_FILENAME = "loss_curve.png"
-# The resolved recipe that `albertagpt.training` saves next to the model; published with it when present.
-RECIPE_FILENAME = "training_recipe.json"
 PATH_FIELDS = ("output_dir", "model_config", "tokenizer", "train_files", "resume_from_checkpoint")
 TOKENIZER_FILENAMES = ("tokenizer.json", "tokenizer_config.json")
 DEFAULT_MAX_SHARD_SIZE = "5GB"
@@ -132,8 +129,8 @@ def check_model_dir(model_dir: Path) -> None:
         raise ValueError(f"{not_trained} its config.json has model_type {model_type!r}, not 'albertagpt'.")
     if not any((model_dir / name).is_file() for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)):
         raise ValueError(f"{not_trained} it has no weights ({SAFE_WEIGHTS_NAME} or {SAFE_WEIGHTS_INDEX_NAME}).")
-    if not (model_dir / METRICS_FILENAME).is_file():
-        raise ValueError(f"{not_trained} it has no {METRICS_FILENAME}.")
+    if not (model_dir / METRICS_FILE).is_file():
+        raise ValueError(f"{not_trained} it has no {METRICS_FILE}.")
     if not any((model_dir / name).is_file() for name in TOKENIZER_FILENAMES):
         raise ValueError(
             f"model_dir {str(model_dir)!r} has no tokenizer (none of {', '.join(TOKENIZER_FILENAMES)}): save the "
@@ -164,7 +161,7 @@ def read_training_metrics(metrics_path: Path) -> TrainingMetrics:
 
 def read_recipe(model_dir: Path) -> dict[str, Any] | None:
     """The resolved training recipe saved next to the model, or None if the run did not save one."""
-    recipe_path = model_dir / RECIPE_FILENAME
+    recipe_path = model_dir / RECIPE_FILE
     return json.loads(recipe_path.read_text()) if recipe_path.is_file() else None
 
 
@@ -286,7 +283,7 @@ def render_model_card(
         num_hidden_layers=config.num_hidden_layers,
         num_hidden_groups=config.num_hidden_groups,
         training_data=training_data.description,
-        recipe_filename=RECIPE_FILENAME,
+        recipe_filename=RECIPE_FILE,
         recipe_yaml=yaml.safe_dump(recipe, sort_keys=False) if recipe is not None else None,
         metrics=metrics,
         loss_curve=LOSS_CURVE_FILENAME,
@@ -327,7 +324,7 @@ def build_repo_folder(
         raise ValueError(f"max_shard_size {max_shard_size!r} is not a size like '5GB' or '500MB'.") from error
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise ValueError(f"repo folder {str(folder)!r} must be new or empty, so that it holds exactly the repo.")
-    metrics = read_training_metrics(model_dir / METRICS_FILENAME)
+    metrics = read_training_metrics(model_dir / METRICS_FILE)
     model, tokenizer = load_trained_model(model_dir)
     recipe = read_recipe(model_dir)
     recipe = publishable_recipe(recipe) if recipe is not None else None
@@ -337,7 +334,7 @@ def build_repo_folder(
     tokenizer.model_max_length = model.config.max_position_embeddings  # also for runs saved before training set it
     tokenizer.save_pretrained(folder)
     if recipe is not None:
-        (folder / RECIPE_FILENAME).write_text(json.dumps(recipe, indent=2) + "\n")
+        (folder / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
     plot_loss_curve(metrics, folder / LOSS_CURVE_FILENAME)
     render_model_card(model, metrics, recipe, repo_id).save(folder / "README.md")
     return folder
@@ -363,7 +360,7 @@ def push_trained_model(
     with tempfile.TemporaryDirectory() as staging:
         folder = build_repo_folder(model_dir, repo_id, Path(staging) / "repo", max_shard_size)
         if commit_message is None:
-            metrics = read_training_metrics(Path(model_dir) / METRICS_FILENAME)
+            metrics = read_training_metrics(Path(model_dir) / METRICS_FILE)
             commit_message = (
                 f"Upload AlbertAGPT trained for {metrics.final_step} steps "
                 f"(held-out perplexity {metrics.final_perplexity:.2f})"

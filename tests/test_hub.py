@@ -536,6 +536,6 @@ def test_a_template_that_is_not_one_is_named(trained_dir, tmp_path):
     link_as_text = tmp_path / "model_card.md"
     link_as_text.write_text("../model_card.md")
     model = AlbertAGPTForCausalLM.from_pretrained(trained_dir)
-    metrics = hub.read_training_metrics(trained_dir / hub.METRICS_FILENAME)
+    metrics = hub.read_training_metrics(trained_dir / hub.METRICS_FILE)
     with pytest.raises(ValueError, match="model_card.md.*is not a model card template"):
         hub.render_model_card(model, metrics, None, "user/albertagpt-tiny", template_path=link_as_text)
