@@ -11,7 +11,7 @@ from transformers import (
     AutoModelForSequenceClassification,
 )
 
-from .configuration_albertagpt import AlbertAGPTConfig
+from .configuration_albertagpt import AlbertAGPTConfig, deepnorm_settings
 from .modeling_albertagpt import (
     AlbertAGPTForCausalLM,
     AlbertAGPTForSequenceClassification,
@@ -37,4 +37,5 @@ __all__ = [
     "AlbertAGPTModel",
     "AlbertAGPTForCausalLM",
     "AlbertAGPTForSequenceClassification",
+    "deepnorm_settings",
 ]

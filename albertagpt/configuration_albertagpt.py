@@ -4,6 +4,8 @@ This file is self-contained (it imports only transformers and huggingface_hub) b
 into Hub repositories as remote code next to `modeling_albertagpt.py`.
 """
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers.activations import ACT2FN
 from transformers.configuration_utils import PreTrainedConfig
@@ -12,6 +14,25 @@ from transformers.configuration_utils import PreTrainedConfig
 # LayerNorm lab (`albertagpt.lab`), which measures what post-sublayer LayerNorm buys.
 NORM_POSITIONS = ("post", "pre", "none")
 NORM_TYPES = ("layernorm", "rmsnorm", "batchnorm")
+# Residual stabilisers of post-LN (no-ops at these defaults); `deepnorm_settings` gives DeepNorm's values.
+RESIDUAL_STABILISER_DEFAULTS = {"residual_alpha": 1.0, "residual_init_scale": 1.0, "b2t_connection": False}
+
+
+def deepnorm_settings(num_hidden_layers: int) -> dict[str, float]:
+    """DeepNorm's constants for a decoder of `num_hidden_layers` layer applications (Wang et al. 2022, "DeepNet"):
+    `residual_alpha` = (2N)^(1/4) and `residual_init_scale` = (8N)^(-1/4). N counts applications, not weight groups:
+    a shared block applied 12 times is as deep as 12 distinct blocks.
+
+    ```python
+    >>> AlbertAGPTConfig(num_hidden_layers=24, **deepnorm_settings(24))
+    ```
+    """
+    if num_hidden_layers <= 0:
+        raise ValueError(f"`num_hidden_layers` must be a positive integer, got {num_hidden_layers}.")
+    return {
+        "residual_alpha": (2 * num_hidden_layers) ** 0.25,
+        "residual_init_scale": (8 * num_hidden_layers) ** -0.25,
+    }
 
 
 @strict
@@ -26,6 +47,12 @@ class AlbertAGPTConfig(PreTrainedConfig):
     `"pre"` (`h = h + SubLayer(Norm(h))`, with a final norm before the head) or `"none"` (no norms in the blocks);
     `norm_type` picks what they compute: `"layernorm"` (default), `"rmsnorm"` or `"batchnorm"` (statistics over the
     batch's non-pad tokens). The embedding and head LayerNorms stay as they are.
+
+    Three residual stabilisers of post-LN, each a no-op at its default: `residual_alpha` scales the skip path,
+    `LayerNorm(residual_alpha * h + SubLayer(h))` (DeepNorm's alpha); `residual_init_scale` multiplies the initial
+    weights of `v_proj`, `o_proj`, `up_proj` and `down_proj` (DeepNorm's beta; `deepnorm_settings` gives both);
+    `b2t_connection` adds the block's input `x` to its last LayerNorm, `LayerNorm(residual_alpha * h1 + MLP(h1) + x)`
+    (the bottom-to-top connection of Takase et al. 2023).
 
     Invalid combinations raise `ValueError` at creation, naming the offending field.
 
@@ -67,6 +94,9 @@ class AlbertAGPTConfig(PreTrainedConfig):
     layer_norm_eps: float = 1e-5
     norm_position: str = "post"
     norm_type: str = "layernorm"
+    residual_alpha: float | int = 1.0
+    residual_init_scale: float | int = 1.0
+    b2t_connection: bool = False
     initializer_range: float = 0.02
     use_cache: bool = True
     tie_word_embeddings: bool = True
@@ -123,8 +153,19 @@ class AlbertAGPTConfig(PreTrainedConfig):
             raise ValueError(f"`norm_position` must be one of {NORM_POSITIONS}, got {self.norm_position!r}.")
         if self.norm_type not in NORM_TYPES:
             raise ValueError(f"`norm_type` must be one of {NORM_TYPES}, got {self.norm_type!r}.")
+        for field in ("residual_alpha", "residual_init_scale"):
+            value = getattr(self, field)
+            if not 0 < value < math.inf:
+                raise ValueError(f"`{field}` must be a positive finite number, got {value}.")
+        if self.norm_position != "post":
+            for field, default in RESIDUAL_STABILISER_DEFAULTS.items():
+                if getattr(self, field) != default:
+                    raise ValueError(
+                        f"`{field}` ({getattr(self, field)}) is a post-LN stabiliser: it needs `norm_position` "
+                        f"'post', got {self.norm_position!r}."
+                    )
         if self.initializer_range < 0:
             raise ValueError(f"`initializer_range` must be non-negative, got {self.initializer_range}.")
 
 
-__all__ = ["AlbertAGPTConfig"]
+__all__ = ["AlbertAGPTConfig", "deepnorm_settings"]

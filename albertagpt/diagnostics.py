@@ -9,7 +9,17 @@ What is recorded, for one optimizer step:
   are per group, not per application): the gradient norm of all the group's parameters, taken as each backward
   pass leaves it (before clipping; on this process, before any cross-process reduction), and the
   update-to-weight ratio `||W_after - W_before|| / ||W_before||` of the optimizer step;
-- for pre-LN models, the RMS before and after the final norm.
+- for pre-LN models, the RMS before and after the final norm;
+- below the blocks: the gradient norm of the residual stream entering the first application (what reaches the
+  embeddings through the stack), and the parameter gradient norms of `word_embeddings` (tied to the head's decoder,
+  so it includes the head's gradient), `position_embeddings` and `embedding_hidden_mapping_in`, next to the groups';
+- a collapse signal: `final_hidden_cosine`, the mean cosine similarity between the final hidden states of different
+  positions of a sequence. Near 1, the model reads every position alike: it predicts the same distribution
+  everywhere, which is how a run stalled at the unigram loss looks from the inside.
+
+The RMS at the input of a norm is the divisor of the gradient passing back through it: LayerNorm's Jacobian scales
+as gamma / RMS(input), so a norm input RMS above 1 at every application shrinks the gradient geometrically with
+depth (post-LN's vanishing gradient).
 
 RMS values are over every element of the batch, padding included. A step of several micro-batches (gradient
 accumulation) is recorded as one batch: its statistics combine the sums of squares of every micro-batch. Three ways
@@ -36,6 +46,12 @@ BLOCK_NORM_NAMES = (
     "post_feedforward_layernorm",
 )
 FINAL_NORM = "final_layernorm"
+# Parameters below the blocks whose gradient norms are recorded, by their names in the base model.
+EMBEDDING_PARAMETERS = (
+    "embeddings.word_embeddings.weight",
+    "embeddings.position_embeddings.weight",
+    "embedding_hidden_mapping_in.weight",
+)
 
 
 @dataclass
@@ -60,6 +76,9 @@ class LayerDiagnostics:
     applications: list[ApplicationStats]
     groups: list[GroupStats]
     final_norm_rms: tuple[float, float] | None = None  # pre-LN only
+    input_residual_grad_norm: float | None = None  # ||dLoss/dh|| entering application 0; None without backward
+    embedding_grad_norms: dict[str, float] | None = None  # EMBEDDING_PARAMETERS name -> gradient norm
+    final_hidden_cosine: float | None = None  # mean cosine similarity of final hidden states across positions
 
     def to_metrics(self, prefix: str = "diagnostics") -> dict[str, float]:
         """Flat scalars for `metrics.jsonl` and TensorBoard, e.g. `diagnostics/application_03/residual_grad_norm`."""
@@ -79,6 +98,12 @@ class LayerDiagnostics:
                 metrics[f"{prefix}/group_{stats.group}/update_to_weight"] = stats.update_to_weight
         if self.final_norm_rms is not None:
             metrics[f"{prefix}/{FINAL_NORM}_rms_in"], metrics[f"{prefix}/{FINAL_NORM}_rms_out"] = self.final_norm_rms
+        if self.input_residual_grad_norm is not None:
+            metrics[f"{prefix}/input_residual_grad_norm"] = self.input_residual_grad_norm
+        for name, grad_norm in (self.embedding_grad_norms or {}).items():
+            metrics[f"{prefix}/{name.removesuffix('.weight').replace('.', '/')}/grad_norm"] = grad_norm
+        if self.final_hidden_cosine is not None:
+            metrics[f"{prefix}/final_hidden_cosine"] = self.final_hidden_cosine
         return metrics
 
     def to_table(self) -> str:
@@ -114,6 +139,13 @@ class LayerDiagnostics:
             for stats in self.groups
         ]
         lines += ["", format_table(["group", "applications", "param grad norm", "update/weight"], group_rows)]
+        below = [("residual stream entering application 0", self.input_residual_grad_norm)]
+        below += list((self.embedding_grad_norms or {}).items())
+        lines += [
+            "",
+            format_table(["below the blocks", "grad norm"], [[name, number(value)] for name, value in below]),
+        ]
+        lines.append(f"final hidden states, mean cosine across positions: {number(self.final_hidden_cosine)}")
         return "\n".join(lines)
 
 
@@ -170,6 +202,11 @@ class DiagnosticsRecorder:
                 self.handles.append(parameter.register_post_accumulate_grad_hook(self.grad_hook(group_index)))
         if hasattr(self.model, FINAL_NORM):
             self.handles.append(getattr(self.model, FINAL_NORM).register_forward_hook(self.final_norm_hook))
+        self.handles.append(self.model.embedding_hidden_mapping_in.register_forward_hook(self.leave_embeddings))
+        self.handles.append(self.model.register_forward_hook(self.leave_model))
+        parameters = dict(self.model.named_parameters(remove_duplicate=False))
+        for name in EMBEDDING_PARAMETERS:
+            self.handles.append(parameters[name].register_post_accumulate_grad_hook(self.embedding_grad_hook(name)))
         if optimizer is not None:
             optimizer = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper steps the torch optimizer
             self.handles.append(optimizer.register_step_pre_hook(self.before_optimizer_step))
@@ -183,6 +220,9 @@ class DiagnosticsRecorder:
         self.output_squares: dict[int, SquareSum] = {}  # application -> over its outputs
         self.norm_squares: dict[tuple[int, str, str], SquareSum] = {}  # (application, norm, "in"/"out") -> ...
         self.final_norm_squares: dict[str, SquareSum] = {}  # "in"/"out" -> ...
+        self.input_grad_squares: dict[str, SquareSum] = {}  # "input" -> over the gradient entering application 0
+        self.embedding_grad_squares: dict[str, torch.Tensor] = {}  # parameter name -> ||grad||^2
+        self.cosine_sums: tuple[torch.Tensor | float, int] = (0.0, 0)  # summed over sequences, and their count
         self.grad_squares: dict[int, dict[int, torch.Tensor]] = {}  # group -> id(parameter) -> ||grad||^2
         self.weights_before: dict[int, list[torch.Tensor]] = {}
         self.update_to_weight: dict[int, float] = {}
@@ -213,6 +253,34 @@ class DiagnosticsRecorder:
             if self.active and self.current_application is not None:
                 add_squares(self.norm_squares, (self.current_application, norm_name, "in"), args[0])
                 add_squares(self.norm_squares, (self.current_application, norm_name, "out"), output)
+
+        return record
+
+    def leave_embeddings(self, mapping: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if self.active and output.requires_grad:
+
+            def record_grad(grad: torch.Tensor) -> None:
+                add_squares(self.input_grad_squares, "input", grad)
+
+            output.register_hook(record_grad)
+
+    def leave_model(self, model: nn.Module, args: tuple, output: object) -> None:
+        if not self.active:
+            return
+        hidden = output.last_hidden_state.detach().float()  # (batch, positions, hidden)
+        positions = hidden.shape[1]
+        if positions < 2:
+            return
+        # Mean cosine over pairs of distinct positions: (|sum of unit vectors|^2 - T) / (T (T - 1)) per sequence.
+        unit = nn.functional.normalize(hidden, dim=-1)
+        per_sequence = (unit.sum(1).pow(2).sum(-1) - positions) / (positions * (positions - 1))
+        total, count = self.cosine_sums
+        self.cosine_sums = (total + per_sequence.sum(), count + per_sequence.numel())
+
+    def embedding_grad_hook(self, name: str) -> Callable[[torch.Tensor], None]:
+        def record(parameter: torch.Tensor) -> None:
+            if self.active:
+                self.embedding_grad_squares[name] = parameter.grad.detach().float().pow(2).sum()
 
         return record
 
@@ -282,8 +350,20 @@ class DiagnosticsRecorder:
         final = None
         if self.final_norm_squares:
             final = (root_mean(self.final_norm_squares["in"]), root_mean(self.final_norm_squares["out"]))
+        input_grad = self.input_grad_squares.get("input")
+        cosine_total, sequences = self.cosine_sums
+        diagnostics = LayerDiagnostics(
+            applications,
+            groups,
+            final,
+            input_residual_grad_norm=None if input_grad is None else math.sqrt(float(input_grad[0])),
+            embedding_grad_norms={
+                name: math.sqrt(float(squares)) for name, squares in self.embedding_grad_squares.items()
+            },
+            final_hidden_cosine=float(cosine_total) / sequences if sequences else None,
+        )
         self.clear()
-        return LayerDiagnostics(applications, groups, final)
+        return diagnostics
 
     def remove(self) -> None:
         for handle in self.handles:

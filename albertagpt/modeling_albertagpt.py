@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from transformers import AutoConfig
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
@@ -109,6 +110,9 @@ class AlbertAGPTAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        # DeepNorm's beta: the projections that write into the residual sum, and the values feeding one, start
+        # scaled by `residual_init_scale` (read by `_init_weights`); queries and keys keep their initialization.
+        self.v_proj.init_scale = self.o_proj.init_scale = config.residual_init_scale
 
     def forward(
         self,
@@ -150,6 +154,7 @@ class AlbertAGPTMLP(nn.Module):
         super().__init__()
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.up_proj.init_scale = self.down_proj.init_scale = config.residual_init_scale  # DeepNorm's beta
         self.act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -197,6 +202,10 @@ def block_norm(config: AlbertAGPTConfig) -> nn.Module:
 class AlbertAGPTLayer(GradientCheckpointingLayer):
     """One block (ALBERT's layer, made causal): `h = LN(h + Attn(h))`, then `h = LN(h + MLP(h))`.
 
+    The post-LN stabilisers of the config change the two sums: `residual_alpha` scales the skip path,
+    `h = LN(alpha * h + Attn(h))` (DeepNorm), and `b2t_connection` adds the block's input `x` to the second one,
+    `h = LN(alpha * h + MLP(h) + x)` (the bottom-to-top connection).
+
     With `config.norm_position="pre"` (experiments) it computes `h = h + Attn(Norm(h))`, then `h = h + MLP(Norm(h))`,
     with norms named `pre_attention_layernorm` and `pre_feedforward_layernorm`; `"none"` keeps the post order with
     identities in place of the norms.
@@ -205,6 +214,8 @@ class AlbertAGPTLayer(GradientCheckpointingLayer):
     def __init__(self, config: AlbertAGPTConfig):
         super().__init__()
         self.norm_before_sublayer = config.norm_position == "pre"
+        self.residual_alpha = float(config.residual_alpha)
+        self.b2t_connection = config.b2t_connection
         if self.norm_before_sublayer:
             self.pre_attention_layernorm = block_norm(config)
             self.self_attn = AlbertAGPTAttention(config)
@@ -234,11 +245,20 @@ class AlbertAGPTLayer(GradientCheckpointingLayer):
             hidden_states = hidden_states + self.dropout(attn_output)
             mlp_output = self.mlp(self.pre_feedforward_layernorm(hidden_states, **norm_kwargs))
             return hidden_states + self.dropout(mlp_output)
+        block_input = hidden_states
         attn_output, _ = self.self_attn(hidden_states, attention_mask, layer_idx, cache=cache, **kwargs)
-        hidden_states = self.post_attention_layernorm(hidden_states + self.dropout(attn_output), **norm_kwargs)
+        hidden_states = self.post_attention_layernorm(
+            self.skip(hidden_states) + self.dropout(attn_output), **norm_kwargs
+        )
         mlp_output = self.mlp(hidden_states)
-        hidden_states = self.post_feedforward_layernorm(hidden_states + self.dropout(mlp_output), **norm_kwargs)
-        return hidden_states
+        skip = self.skip(hidden_states)
+        if self.b2t_connection:
+            skip = skip + block_input
+        return self.post_feedforward_layernorm(skip + self.dropout(mlp_output), **norm_kwargs)
+
+    def skip(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The skip path of a post-LN sum, `residual_alpha * h` (no multiplication at the default alpha of 1)."""
+        return hidden_states if self.residual_alpha == 1.0 else self.residual_alpha * hidden_states
 
 
 class AlbertAGPTPreTrainedModel(PreTrainedModel):
@@ -262,6 +282,14 @@ class AlbertAGPTPreTrainedModel(PreTrainedModel):
         # them: check again before building, so that they fail with the same `ValueError` as at creation.
         config.validate_architecture()
         super().__init__(config, *inputs, **kwargs)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        # DeepNorm's beta (`residual_init_scale`), set on the projections by their modules: the same draw, scaled.
+        # Loaded weights are left alone (`init.copy_` skips them).
+        scale = getattr(module, "init_scale", 1.0)
+        if scale != 1.0:
+            init.copy_(module.weight, module.weight * scale)
 
     def post_init(self) -> None:
         super().post_init()

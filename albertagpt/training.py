@@ -98,6 +98,8 @@ REPORTING_FIELDS = (
     "cpu_threads",
 )
 MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
+# A held-out loss within this many nats of the unigram loss, after warm-up, is the post-LN plateau: warned about.
+UNIGRAM_PLATEAU_MARGIN = 0.05
 
 
 @dataclass
@@ -671,6 +673,37 @@ def evaluate(
     return (torch.cat(loss_sums).sum() / torch.cat(token_counts).sum()).item()
 
 
+@torch.no_grad()
+def held_out_unigram_loss(
+    dataloader: DataLoader, accelerator: Accelerator, max_batches: int | None, vocab_size: int
+) -> float:
+    """The loss of the best unigram model of the tokens `evaluate` scores (their own frequencies, a lower bound for
+    any model of token frequencies alone): a run whose held-out loss stays at it has learned nothing else."""
+    counts = torch.zeros(vocab_size, dtype=torch.long, device=accelerator.device)
+    for index, batch in enumerate(dataloader):
+        if max_batches is not None and index >= max_batches:
+            break
+        labels = accelerator.gather_for_metrics(batch["labels"][:, 1:]).flatten()
+        counts += torch.bincount(labels[labels != -100], minlength=vocab_size)
+    probabilities = counts[counts > 0].double() / counts.sum()
+    return -(probabilities * probabilities.log()).sum().item()
+
+
+def warn_about_unigram_plateau(
+    accelerator: Accelerator, step: int, eval_loss: float, unigram_loss: float, recipe: TrainingRecipe
+) -> None:
+    """After warm-up, a held-out loss at the unigram loss means the model predicts token frequencies only."""
+    if step > recipe.warmup_steps and eval_loss > unigram_loss - UNIGRAM_PLATEAU_MARGIN:
+        say(
+            accelerator,
+            f"Warning: at step {step} the held-out loss ({eval_loss:.3f}) is no better than the unigram loss "
+            f"({unigram_loss:.3f}): the model predicts token frequencies only. Post-LN runs stall like this when "
+            "the gradient vanishes through the stack (see docs/stability.md): lengthen `warmup_steps`, lower "
+            "`learning_rate`, or try "
+            "`b2t_connection`; `--diagnostics true` shows the gradient per layer application.",
+        )
+
+
 def sample_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     """`</s>` + `prompt`: documents follow `</s>` in the packed training data."""
     return [tokenizer.eos_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -833,6 +866,10 @@ def run_training(
         write_recipe(recipe, output_dir)
     accelerator.init_trackers("tensorboard", config=tracker_config(recipe))
 
+    unigram_loss = held_out_unigram_loss(
+        eval_loader, accelerator, recipe.max_eval_batches, accelerator.unwrap_model(model).config.vocab_size
+    )
+
     def evaluate_and_log(step: int, log: bool = True) -> tuple[float, str]:
         eval_loss = evaluate(model, eval_loader, accelerator, recipe.max_eval_batches)
         if not math.isfinite(eval_loss):  # an update after the last loss check diverged; sampling would crash
@@ -844,8 +881,10 @@ def run_training(
             model, tokenizer, accelerator, recipe.sample_prompt, recipe.sample_max_new_tokens, recipe.seed
         )
         if log:
-            accelerator.log({"eval_loss": eval_loss, "perplexity": math.exp(eval_loss), "sample": sample}, step=step)
+            metrics = {"eval_loss": eval_loss, "perplexity": math.exp(eval_loss), "unigram_loss": unigram_loss}
+            accelerator.log({**metrics, "sample": sample}, step=step)
         say(accelerator, f"step {step}: held-out loss {eval_loss:.4f}, perplexity {math.exp(eval_loss):.2f}")
+        warn_about_unigram_plateau(accelerator, step, eval_loss, unigram_loss, recipe)
         say(accelerator, f"sample: {sample!r}")
         return eval_loss, sample
 

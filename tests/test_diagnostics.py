@@ -62,7 +62,57 @@ def test_diagnostics_equal_values_computed_by_hand(variant: str) -> None:
     assert metrics["diagnostics/application_02/residual_grad_norm"] == stats.applications[2].residual_grad_norm
     assert metrics["diagnostics/group_1/update_to_weight"] == stats.groups[1].update_to_weight
     table = stats.to_table()
-    assert len(table.splitlines()) == 1 + 4 + (final is not None) + 1 + 1 + 2
+    assert len(table.splitlines()) == 1 + 4 + (final is not None) + 1 + 1 + 2 + 1 + 1 + 4 + 1
+
+
+@pytest.mark.parametrize("variant", ["post-layernorm", "pre-layernorm"])
+def test_below_the_blocks_and_collapse_signal_equal_values_computed_by_hand(variant: str) -> None:
+    model = variant_model(variant, num_hidden_layers=4, num_hidden_groups=2)
+    by_hand = copy.deepcopy(model)
+    input_ids = random_ids(3, 8)
+    stats = diagnose_batch(model, {"input_ids": input_ids})
+
+    entering = {}
+    by_hand.model.embedding_hidden_mapping_in.register_forward_hook(lambda m, a, out: entering.update(h0=out))
+    output = by_hand(input_ids, labels=input_ids, output_hidden_states=True)
+    base = by_hand.model
+    parameters = [
+        base.embeddings.word_embeddings.weight,
+        base.embeddings.position_embeddings.weight,
+        base.embedding_hidden_mapping_in.weight,
+    ]
+    input_grad, *parameter_grads = torch.autograd.grad(output.loss, [entering["h0"], *parameters])
+    assert stats.input_residual_grad_norm == pytest.approx(input_grad.norm().item(), rel=1e-4)
+    expected = {
+        "embeddings.word_embeddings.weight": parameter_grads[0].norm().item(),  # tied: the head's gradient too
+        "embeddings.position_embeddings.weight": parameter_grads[1].norm().item(),
+        "embedding_hidden_mapping_in.weight": parameter_grads[2].norm().item(),
+    }
+    assert stats.embedding_grad_norms == pytest.approx(expected, rel=1e-4)
+
+    final = output.hidden_states[-1] if variant == "post-layernorm" else base.final_layernorm(output.hidden_states[-1])
+    unit = F.normalize(final, dim=-1)
+    cosines = unit @ unit.transpose(1, 2)  # (batch, T, T)
+    off_diagonal = ~torch.eye(8, dtype=torch.bool)
+    assert stats.final_hidden_cosine == pytest.approx(cosines[:, off_diagonal].mean().item(), rel=1e-4)
+    metrics = stats.to_metrics()
+    assert metrics["diagnostics/final_hidden_cosine"] == stats.final_hidden_cosine
+    position_grad_norm = stats.embedding_grad_norms["embeddings.position_embeddings.weight"]
+    assert metrics["diagnostics/embeddings/position_embeddings/grad_norm"] == position_grad_norm
+    assert metrics["diagnostics/input_residual_grad_norm"] == stats.input_residual_grad_norm
+
+
+def test_identical_positions_give_a_collapse_signal_of_one() -> None:
+    # A model that sees the same token at every position with positions embedded as zeros computes the same final
+    # hidden state everywhere: cosine 1, as in a run that predicts the unigram distribution at every position.
+    model = variant_model("post-layernorm")
+    with torch.no_grad():
+        model.model.embeddings.position_embeddings.weight.zero_()
+    model.model.set_attn_implementation("eager")
+    stats = diagnose_batch(model, {"input_ids": torch.full((2, 6), 7)})
+    assert stats.final_hidden_cosine == pytest.approx(1.0, abs=1e-5)
+    distinct = diagnose_batch(variant_model("post-layernorm", initializer_range=0.02), {"input_ids": random_ids(2, 6)})
+    assert distinct.final_hidden_cosine < 0.5, distinct.final_hidden_cosine
 
 
 def test_pads_stay_out_of_the_loss_as_in_training() -> None:

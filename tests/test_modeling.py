@@ -55,9 +55,11 @@ def reference_logits(model: AlbertAGPTForCausalLM, input_ids: torch.Tensor) -> t
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(head_dim)
         attention = scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v
         attention = attention.transpose(1, 2).reshape(batch, length, config.hidden_size)
-        h = layer_norm(h + linear(attention, f"{g}.self_attn.o_proj"), f"{g}.post_attention_layernorm")
+        # The post-LN stabilisers: skip multiplier alpha (DeepNorm), and the block input x added to the last sum (B2T).
+        alpha, x = config.residual_alpha, h
+        h = layer_norm(alpha * h + linear(attention, f"{g}.self_attn.o_proj"), f"{g}.post_attention_layernorm")
         mlp = linear(gelu(linear(h, f"{g}.mlp.up_proj")), f"{g}.mlp.down_proj")
-        h = layer_norm(h + mlp, f"{g}.post_feedforward_layernorm")
+        h = layer_norm(alpha * h + mlp + (x if config.b2t_connection else 0), f"{g}.post_feedforward_layernorm")
 
     z = layer_norm(gelu(linear(h, "lm_head.dense")), "lm_head.LayerNorm")
     return z @ params["model.embeddings.word_embeddings.weight"].T + params["lm_head.decoder.bias"]

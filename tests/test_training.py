@@ -42,6 +42,7 @@ from albertagpt.training import (
     check_gradient_accumulation,
     check_model_config,
     evaluate,
+    held_out_unigram_loss,
     latest_checkpoint,
     list_checkpoints,
     parameter_groups,
@@ -50,6 +51,7 @@ from albertagpt.training import (
     train,
     verify_checkpoint,
     warn_about_process_count,
+    warn_about_unigram_plateau,
 )
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
@@ -162,6 +164,7 @@ def test_run_writes_a_loadable_model_metrics_and_checkpoints(workspace, tmp_path
     assert all(row["tokens_per_second"] > 0 and math.isfinite(row["loss"]) for row in train_rows)
     for row in eval_rows:
         assert row["perplexity"] == pytest.approx(math.exp(row["eval_loss"]))
+        assert row["unigram_loss"] == eval_rows[0]["unigram_loss"]  # one reference for the whole run
         assert isinstance(row["sample"], str)
     # Before training the model is near uniform over the vocabulary; eight steps already lower the loss.
     assert 0.5 * 350 < eval_rows[0]["perplexity"] < 2 * 350
@@ -613,6 +616,27 @@ def test_held_out_loss_ignores_the_tokens_the_collator_ignores():
     with torch.no_grad():
         expected = model(input_ids=input_ids, labels=labels).loss.item()  # the mean over predicted tokens
     assert evaluate(model, batches, Accelerator(), max_batches=None) == pytest.approx(expected, rel=1e-5)
+
+
+def test_unigram_loss_is_the_entropy_of_the_scored_tokens():
+    labels = torch.tensor([[9, 5, 5, -100, 7], [9, 5, 7, 7, -100]])
+    batches = [{"labels": labels[:1]}, {"labels": labels[1:]}]
+    # Scored: the labels after the first position, -100 left out: 5, 5, 7 and 5, 7, 7.
+    assert held_out_unigram_loss(batches, Accelerator(), max_batches=None, vocab_size=10) == pytest.approx(math.log(2))
+    assert held_out_unigram_loss(batches, Accelerator(), max_batches=1, vocab_size=10) == pytest.approx(
+        -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3))
+    )
+
+
+def test_a_run_at_the_unigram_loss_after_warm_up_is_warned_about(capsys):
+    recipe = TrainingRecipe(warmup_steps=100)
+    warn_about_unigram_plateau(Accelerator(), 100, 5.3, 5.2, recipe)  # still warming up
+    warn_about_unigram_plateau(Accelerator(), 200, 4.9, 5.2, recipe)  # learned more than token frequencies
+    assert capsys.readouterr().out == ""
+    warn_about_unigram_plateau(Accelerator(), 200, 5.21, 5.2, recipe)
+    assert (
+        "at step 200 the held-out loss (5.210) is no better than the unigram loss (5.200)" in capsys.readouterr().out
+    )
 
 
 def test_gradient_accumulation_other_than_the_recipe_is_refused():
