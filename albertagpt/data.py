@@ -6,6 +6,7 @@ tokens (the remainder of each map batch is dropped), so no block needs padding.
 """
 
 import os
+import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import chain
@@ -23,26 +24,55 @@ FILE_BUILDERS = {
     ".jsonl": "json",
     ".parquet": "parquet",
 }
-BUILTIN_HELD_OUT_EVERY = 10  # every tenth built-in topic (alphabetical order, starting with the first) is held out
+BUILTIN_HELD_OUT_EVERY = 10  # every tenth built-in document (in sorted order, starting with the first) is held out
+BUILTIN_CORPORA = ("docs", "stdlib")
+# Folders of the standard library that hold its tests (or third-party packages), not library source.
+STDLIB_EXCLUDED_FOLDERS = ("site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__")
 PACKING_BATCH_SIZE = 1000  # documents tokenized and packed together; only the remainder of each batch is lost
 
 AnyDataset = Dataset | IterableDataset
 
 
-def builtin_corpus(split: str = "train") -> list[str]:
-    """The English text of Python's own documentation (`pydoc_data.topics`), one document per topic.
+def builtin_corpus(split: str = "train", corpus: str = "docs") -> list[str]:
+    """A corpus every Python ships, one document per topic or file; offline, and fixed by the Python version.
 
-    Topics in alphabetical order, each text once (two topics share theirs); every tenth one, starting with
-    the first, is the `validation` split (about 7% of the text), the rest is `train`. The text depends on
-    the Python version, not on chance.
+    - `"docs"`: the English text of Python's own documentation (`pydoc_data.topics`), one document per topic
+      (about 1.3 MB; topics in alphabetical order, each text once, two topics share theirs).
+    - `"stdlib"`: the standard library's own Python source files without its tests (about 12 MB; one document per
+      `.py` file, in order of relative path; folders named `test`, `tests` or `idle_test`, files named
+      `test_*.py` and installed packages left out).
+
+    Every tenth document, starting with the first, is the `validation` split (held out by topic or by file), the
+    rest is `train`.
     """
-    from pydoc_data.topics import topics
-
     if split not in ("train", "validation"):
         raise ValueError(f"`split` must be 'train' or 'validation', got {split!r}.")
+    if corpus not in BUILTIN_CORPORA:
+        raise ValueError(f"`builtin_corpus` must be one of {BUILTIN_CORPORA}, got {corpus!r}.")
+    texts = python_docs() if corpus == "docs" else stdlib_sources()
     held_out = split == "validation"
-    texts = list(dict.fromkeys(topics[name] for name in sorted(topics)))
     return [text for index, text in enumerate(texts) if (index % BUILTIN_HELD_OUT_EVERY == 0) == held_out]
+
+
+def python_docs() -> list[str]:
+    from pydoc_data.topics import topics
+
+    return list(dict.fromkeys(topics[name] for name in sorted(topics)))
+
+
+def stdlib_source_files() -> list[Path]:
+    """The standard library's `.py` files without its tests, in order of relative path."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [name for name in subfolders if name not in STDLIB_EXCLUDED_FOLDERS]
+        files += [Path(folder) / name for name in names if name.endswith(".py") and not name.startswith("test_")]
+    return sorted(files, key=lambda path: path.relative_to(root).as_posix())
+
+
+def stdlib_sources() -> list[str]:
+    texts = (path.read_text(encoding="utf-8", errors="replace") for path in stdlib_source_files())
+    return [text for text in texts if text.strip()]
 
 
 @dataclass
@@ -59,12 +89,18 @@ class TextSource:
     validation_split_percentage: int = field(
         default=5, metadata={"help": "Held-out share of documents when the source has no validation split."}
     )
+    builtin_corpus: str = field(
+        default="docs",
+        metadata={"help": "With neither files nor a data set: docs (Python's documentation) or stdlib (its sources)."},
+    )
 
     def __post_init__(self) -> None:
         if self.train_files and self.dataset_name:
             raise ValueError("Give either `train_files` or `dataset_name`, not both.")
         if self.dataset_config_name and not self.dataset_name:
             raise ValueError("`dataset_config_name` needs `dataset_name`.")
+        if self.builtin_corpus not in BUILTIN_CORPORA:
+            raise ValueError(f"`builtin_corpus` must be one of {BUILTIN_CORPORA}, got {self.builtin_corpus!r}.")
         if not 0 < self.validation_split_percentage <= 50:
             raise ValueError(
                 f"`validation_split_percentage` must lie in (0, 50], got {self.validation_split_percentage}."
@@ -111,10 +147,13 @@ def load_text_splits(source: TextSource) -> dict[str, AnyDataset]:
         splits = load_dataset(source.dataset_name, source.dataset_config_name, streaming=source.streaming)
         what = f"dataset {source.dataset_name!r}"
     else:
-        splits = {split: Dataset.from_dict({column: builtin_corpus(split)}) for split in ("train", "validation")}
+        splits = {
+            split: Dataset.from_dict({column: builtin_corpus(split, source.builtin_corpus)})
+            for split in ("train", "validation")
+        }
         if source.streaming:
             splits = {split: dataset.to_iterable_dataset() for split, dataset in splits.items()}
-        what = "the built-in corpus"
+        what = f"the built-in corpus {source.builtin_corpus!r}"
 
     if "train" not in splits:
         raise ValueError(f"{what} has no 'train' split (it has {sorted(splits)}).")

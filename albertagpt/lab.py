@@ -1,23 +1,28 @@
 """The LayerNorm lab: experiments that check what post-sublayer LayerNorm buys (reported in docs/stability.md).
 
-- `run_sweep`: short training runs of each norm variant over a log-spaced grid of learning rates, with and
-  without warm-up, on the same data and seed. Every run is a call of the library's `train` with the recipe's
-  fields overridden (model variant, learning rate, warm-up), so the sweep measures the real training loop.
-  It writes `sweep.csv`, `sweep.png` (final held-out loss against learning rate) and `usable_lr.md` (the span of
-  learning rates whose final loss stays within `tolerance` of the best run, and the runs that diverged).
+- `run_sweep`: short training runs of each norm variant over a grid of depths, warm-up lengths, log-spaced learning
+  rates and seeds, on the same data. Every run is a call of the library's `train` with the recipe's fields
+  overridden (model variant and depth, learning rate, warm-up, seed), so the sweep measures the real training loop.
+  It writes `sweep.csv` (one row per run), `sweep.png` (final held-out loss against learning rate, mean and spread
+  over seeds) and `usable_lr.md` (per depth, variant and warm-up: the best learning rate, the span of learning rates
+  whose mean final loss stays within `tolerance` of the best, the runs that diverged, and the LR sensitivity of
+  Wortsman et al. 2023). A finished run is kept: the same command after a crash or kill runs only what is missing.
 - `batch_dependence`: whether a sequence's outputs depend on the other sequences of a padded batch (LayerNorm
   against BatchNorm).
 
 Variants are named `<norm_position>-<norm_type>` (`post-layernorm` is the architecture, `pre-rmsnorm`, ...), or
-`none` (no norms in the blocks).
+`none` (no norms in the blocks); post-LN variants may add the residual stabilisers, `-deepnorm` (DeepNorm's
+constants for the run's depth), `-b2t` (the bottom-to-top connection) or `-deepnorm-b2t`.
 """
 
 import contextlib
 import copy
 import csv
+import json
 import math
 import os
 import shutil
+import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
@@ -29,24 +34,51 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .configuration_albertagpt import NORM_POSITIONS, NORM_TYPES
+from .configuration_albertagpt import NORM_POSITIONS, NORM_TYPES, deepnorm_settings
 from .data import TextSource, load_text_splits, pack_into_blocks
 from .modeling_albertagpt import AlbertAGPTForCausalLM
 from .tokenizer import TokenizerRecipe, train_tokenizer_from_source
 from .training import METRICS_FILE, TrainingRecipe, list_checkpoints, read_metrics, read_model_config, train
 
-DEFAULT_VARIANTS = ["post-layernorm", "pre-layernorm", "none"]
+DEFAULT_VARIANTS = [
+    "post-layernorm",
+    "post-layernorm-deepnorm",
+    "post-layernorm-b2t",
+    "post-layernorm-deepnorm-b2t",
+    "pre-layernorm",
+    "none",
+    "post-batchnorm",
+]
+STABILISER_SUFFIXES = ("", "-deepnorm", "-b2t", "-deepnorm-b2t")
+SWEEP_RUN_FILE = "sweep_run.json"  # a finished run's result and recipe, in its folder
 
 
-def variant_config(variant: str) -> dict[str, str]:
-    """The config fields of a variant name: `post-layernorm` -> `{"norm_position": "post", "norm_type": ...}`."""
+def variant_config(variant: str, num_hidden_layers: int | None = None) -> dict[str, object]:
+    """The config fields of a variant name: `post-layernorm-b2t` -> `{"norm_position": "post", "norm_type":
+    "layernorm", "b2t_connection": True}`. `-deepnorm` needs the depth, `num_hidden_layers` applications."""
     if variant == "none":
         return {"norm_position": "none"}
-    position, _, norm_type = variant.partition("-")
-    if position not in NORM_POSITIONS or position == "none" or norm_type not in NORM_TYPES:
+    suffix = next((s for s in reversed(STABILISER_SUFFIXES) if s and variant.endswith(s)), "")
+    position, _, norm_type = variant.removesuffix(suffix).partition("-")
+    if (
+        position not in NORM_POSITIONS
+        or position == "none"
+        or norm_type not in NORM_TYPES
+        or (suffix and position != "post")
+    ):
         choices = [f"{p}-{t}" for p in NORM_POSITIONS if p != "none" for t in NORM_TYPES] + ["none"]
-        raise ValueError(f"Unknown variant {variant!r}; choose from {choices}.")
-    return {"norm_position": position, "norm_type": norm_type}
+        raise ValueError(
+            f"Unknown variant {variant!r}; choose from {choices}; post-LN ones may end in -deepnorm, -b2t or "
+            "-deepnorm-b2t."
+        )
+    config: dict[str, object] = {"norm_position": position, "norm_type": norm_type}
+    if "deepnorm" in suffix:
+        if num_hidden_layers is None:
+            raise ValueError(f"Variant {variant!r} sets DeepNorm's constants, which depend on `num_hidden_layers`.")
+        config.update(deepnorm_settings(num_hidden_layers))
+    if "b2t" in suffix:
+        config["b2t_connection"] = True
+    return config
 
 
 # ------------------------------------------------------------------------------------------- the sweep
@@ -58,15 +90,22 @@ class SweepRecipe(TrainingRecipe):
 
     variants: list[str] = field(
         default_factory=lambda: list(DEFAULT_VARIANTS),
-        metadata={"help": "Norm variants: post-layernorm (the architecture), pre-rmsnorm, ..., or none."},
+        metadata={"help": "Norm variants: post-layernorm (the architecture), post-layernorm-b2t, pre-rmsnorm, none."},
     )
+    depths: list[int] = field(
+        default_factory=list,
+        metadata={"help": "Layer applications (num_hidden_layers) to sweep; empty: the model config's."},
+    )
+    warmups: list[int] = field(
+        default_factory=list, metadata={"help": "Warm-up lengths (steps) to sweep; empty: the recipe's warmup_steps."}
+    )
+    seeds: list[int] = field(default_factory=list, metadata={"help": "Seeds of every cell; empty: the recipe's seed."})
     min_learning_rate: float = 3e-4
     max_learning_rate: float = 1e-1
     learning_rate_points: int = field(default=6, metadata={"help": "Log-spaced learning rates, both ends included."})
-    compare_warmup: bool = field(
-        default=True, metadata={"help": "Run every learning rate with `warmup_steps` of warm-up and with none."}
+    tolerance: float = field(
+        default=0.1, metadata={"help": "Usable: mean final loss within this fraction of the best."}
     )
-    tolerance: float = field(default=0.1, metadata={"help": "Usable: final loss within this fraction of the best."})
     processes: int = field(default=0, metadata={"help": "Runs in parallel, one thread each (0: one per CPU core)."})
 
     def __post_init__(self) -> None:
@@ -74,7 +113,7 @@ class SweepRecipe(TrainingRecipe):
         if not self.variants:
             raise ValueError("`variants` is empty: name at least one, e.g. post-layernorm.")
         for variant in self.variants:
-            variant_config(variant)
+            variant_config(variant, num_hidden_layers=1)
         if not 0 < self.min_learning_rate <= self.max_learning_rate < math.inf:
             raise ValueError(
                 f"Need 0 < `min_learning_rate` <= `max_learning_rate` < inf, got {self.min_learning_rate} and "
@@ -87,14 +126,20 @@ class SweepRecipe(TrainingRecipe):
                 "One learning-rate point cannot include both ends: set `min_learning_rate` = `max_learning_rate` "
                 f"(got {self.min_learning_rate} and {self.max_learning_rate}) or use more `learning_rate_points`."
             )
-        # Every (variant, learning rate) pair is one run folder: repeats would share one.
+        # Every grid point is one run folder: repeats would share one.
         if len(set(self.learning_rates())) < self.learning_rate_points:
             raise ValueError(
                 f"The learning-rate grid {self.learning_rates()} repeats values at 3 significant digits: widen it or "
                 "use fewer `learning_rate_points`."
             )
-        if len(set(self.variants)) < len(self.variants):
-            raise ValueError(f"`variants` lists a variant twice: {self.variants}.")
+        for name in ("variants", "depths", "warmups", "seeds"):
+            values = getattr(self, name)
+            if len(set(values)) < len(values):
+                raise ValueError(f"`{name}` lists a value twice: {values}.")
+        if any(depth <= 0 for depth in self.depths):
+            raise ValueError(f"`depths` must be positive numbers of layer applications, got {self.depths}.")
+        if any(warmup < 0 for warmup in self.warmups):
+            raise ValueError(f"`warmups` must not be negative, got {self.warmups}.")
         if not 0 < self.tolerance < math.inf:
             raise ValueError(f"`tolerance` must be a positive finite fraction, got {self.tolerance}.")
         if self.processes < 0:
@@ -104,32 +149,48 @@ class SweepRecipe(TrainingRecipe):
         grid = np.geomspace(self.min_learning_rate, self.max_learning_rate, self.learning_rate_points)
         return [float(f"{value:.3g}") for value in grid]
 
-    def warmups(self) -> list[int]:
-        return [self.warmup_steps, 0] if self.compare_warmup and self.warmup_steps > 0 else [self.warmup_steps]
+    def warmup_grid(self) -> list[int]:
+        return self.warmups or [self.warmup_steps]
+
+    def seed_grid(self) -> list[int]:
+        return self.seeds or [self.seed]
+
+    def depth_grid(self) -> list[int]:
+        return self.depths or [read_model_config(self.model_config).num_hidden_layers]
 
 
 @dataclass
 class SweepRun:
     variant: str
+    num_hidden_layers: int
     learning_rate: float
     warmup_steps: int
+    seed: int
     initial_eval_loss: float
     final_eval_loss: float  # held-out, after the last step; NaN when training stopped on a non-finite loss
     final_train_loss: float  # final model's loss on the first training blocks (as many as evaluated held-out)
     diverged: bool  # stopped on a non-finite loss, or ended no better than it started
+    grad_ratio: float  # first over last application's residual gradient at the last diagnostics step (NaN: none)
     seconds: float
 
 
 @dataclass
 class UsableRange:
+    """One (depth, variant, warm-up) of the sweep; losses are means over seeds, spreads their standard deviation."""
+
+    num_hidden_layers: int
     variant: str
     warmup_steps: int
-    best_learning_rate: float | None  # None when every run diverged
+    seeds: int
+    best_learning_rate: float | None  # None when every learning rate diverged
     best_loss: float | None
-    low: float | None  # the contiguous span of grid learning rates around the best one whose loss is within
+    best_loss_std: float | None
+    low: float | None  # the contiguous span of grid learning rates around the best one whose mean loss is within
     high: float | None  # `tolerance` of the best
-    diverged: list[float]  # learning rates whose run diverged
+    diverged: list[float]  # learning rates where at least one seed diverged
     generalization_gap: float | None  # held-out minus training loss at the best learning rate
+    lr_sensitivity: float  # Wortsman et al.: mean over the grid of min(loss, initial loss) - best loss, seed mean
+    lr_sensitivity_std: float
 
     @property
     def decades(self) -> float:
@@ -137,37 +198,55 @@ class UsableRange:
 
 
 def run_sweep(recipe: SweepRecipe) -> tuple[list[SweepRun], list[UsableRange]]:
-    """Trains every (variant, learning rate, warm-up) on the same data and seed; writes the CSV, plot and table."""
+    """Trains every (depth, variant, warm-up, learning rate, seed) on the same data; writes the CSV, plot and
+    table. Runs whose folder holds a finished result of the same recipe are read back instead of trained again."""
     output_dir = Path(recipe.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = recipe.tokenizer or str(train_shared_tokenizer(recipe, output_dir / "tokenizer"))
+    tokenizer = recipe.tokenizer or str(shared_tokenizer(recipe, output_dir / "tokenizer"))
     base = {item.name: getattr(recipe, item.name) for item in fields(TrainingRecipe)}
     base.update(tokenizer=tokenizer, report_to=["none"], resume_from_checkpoint=None)
-    run_recipes = []
-    for variant in recipe.variants:
-        config = read_model_config(recipe.model_config)
-        for name, value in variant_config(variant).items():
-            setattr(config, name, value)
-        config_path = output_dir / "configs" / f"{variant}.json"
-        config_path.parent.mkdir(exist_ok=True)
-        config.to_json_file(config_path)
-        for warmup_steps in recipe.warmups():
-            for learning_rate in recipe.learning_rates():
-                run_dir = output_dir / "runs" / f"{variant}_lr{learning_rate:g}_warmup{warmup_steps}"
-                shutil.rmtree(run_dir, ignore_errors=True)  # a sweep always starts its runs afresh
-                overrides = dict(output_dir=str(run_dir), model_config=str(config_path))
-                overrides.update(learning_rate=learning_rate, warmup_steps=warmup_steps)
-                run_recipes.append((variant, TrainingRecipe(**{**base, **overrides})))
+    done, to_run = {}, []
+    for depth in recipe.depth_grid():
+        for variant in recipe.variants:
+            config = read_model_config(recipe.model_config)
+            config.num_hidden_layers = depth
+            for name, value in variant_config(variant, depth).items():
+                setattr(config, name, value)
+            config.validate_architecture()  # a depth the groups do not divide is named before any run
+            config_path = output_dir / "configs" / f"L{depth}_{variant}.json"
+            config_path.parent.mkdir(exist_ok=True)
+            config.to_json_file(config_path)
+            for warmup_steps in recipe.warmup_grid():
+                for learning_rate in recipe.learning_rates():
+                    for seed in recipe.seed_grid():
+                        run_dir = (
+                            output_dir
+                            / "runs"
+                            / f"L{depth}_{variant}_lr{learning_rate:g}_warmup{warmup_steps}_seed{seed}"
+                        )
+                        overrides = dict(output_dir=str(run_dir), model_config=str(config_path), seed=seed)
+                        overrides.update(learning_rate=learning_rate, warmup_steps=warmup_steps)
+                        run_recipe = TrainingRecipe(**{**base, **overrides})
+                        key = len(done) + len(to_run)
+                        if (finished := finished_run(run_dir, run_recipe)) is not None:
+                            done[key] = finished
+                        else:
+                            shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run starts afresh
+                            to_run.append((key, variant, depth, run_recipe))
 
-    processes = min(recipe.processes or os.cpu_count() or 1, len(run_recipes))
+    processes = min(recipe.processes or os.cpu_count() or 1, max(len(to_run), 1))
+    keys = [key for key, *_ in to_run]
+    arguments = [task[1:] for task in to_run]
     if processes == 1:
-        runs = [run_one(variant, run_recipe) for variant, run_recipe in run_recipes]
+        trained = [run_one(*task) for task in arguments]
     else:
         # Spawned workers with one thread each: parallel runs do not compete for cores or share torch's state.
         with ProcessPoolExecutor(
             processes, mp_context=get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)
         ) as pool:
-            runs = list(pool.map(run_one, *zip(*run_recipes, strict=True)))
+            trained = list(pool.map(run_one, *zip(*arguments, strict=True))) if arguments else []
+    done.update(zip(keys, trained, strict=True))
+    runs = [done[key] for key in sorted(done)]
 
     ranges = usable_lr_ranges(runs, recipe.tolerance)
     write_csv(runs, output_dir / "sweep.csv")
@@ -176,16 +255,33 @@ def run_sweep(recipe: SweepRecipe) -> tuple[list[SweepRun], list[UsableRange]]:
     return runs, ranges
 
 
-def train_shared_tokenizer(recipe: TrainingRecipe, folder: Path) -> Path:
-    """One tokenizer for every run of the sweep, trained on the training split of the recipe's text."""
-    source = {item.name: getattr(recipe, item.name) for item in fields(TextSource)}
-    train_tokenizer_from_source(TokenizerRecipe(**source, output_dir=str(folder), vocab_size=recipe.vocab_size))
+def shared_tokenizer(recipe: TrainingRecipe, folder: Path) -> Path:
+    """One tokenizer for every run of the sweep, trained on the training split of the recipe's text (once: a
+    resumed sweep reuses it, so that its finished runs stay comparable with the new ones)."""
+    if not (folder / "tokenizer.json").is_file():
+        source = {item.name: getattr(recipe, item.name) for item in fields(TextSource)}
+        train_tokenizer_from_source(TokenizerRecipe(**source, output_dir=str(folder), vocab_size=recipe.vocab_size))
     return folder
 
 
-def run_one(variant: str, recipe: TrainingRecipe) -> SweepRun:
+def recipe_record(recipe: TrainingRecipe) -> dict:
+    return json.loads(json.dumps(asdict(recipe)))
+
+
+def finished_run(run_dir: Path, recipe: TrainingRecipe) -> SweepRun | None:
+    """The result a finished run left in `run_dir`, if it ran this very recipe."""
+    path = run_dir / SWEEP_RUN_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record["recipe"] != recipe_record(recipe):
+        return None
+    return SweepRun(**record["result"])
+
+
+def run_one(variant: str, num_hidden_layers: int, recipe: TrainingRecipe) -> SweepRun:
     """One training run of the sweep; its console output goes to `train.log` in its folder, its checkpoints are
-    removed afterwards (the final model and `metrics.jsonl` stay)."""
+    removed afterwards (the final model, `metrics.jsonl` and the result in `sweep_run.json` stay)."""
     run_dir = Path(recipe.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -206,7 +302,25 @@ def run_one(variant: str, recipe: TrainingRecipe) -> SweepRun:
     initial = eval_losses[0]
     final = eval_losses[-1] if finished else math.nan
     diverged = not math.isfinite(final) or final >= initial
-    return SweepRun(variant, recipe.learning_rate, recipe.warmup_steps, initial, final, final_train, diverged, seconds)
+    try:
+        grad_ratio = depth_profile(run_dir / METRICS_FILE).grad_ratio
+    except ValueError:  # no diagnostics recorded
+        grad_ratio = math.nan
+    run = SweepRun(
+        variant,
+        num_hidden_layers,
+        recipe.learning_rate,
+        recipe.warmup_steps,
+        recipe.seed,
+        initial,
+        final,
+        final_train,
+        diverged,
+        grad_ratio,
+        seconds,
+    )
+    (run_dir / SWEEP_RUN_FILE).write_text(json.dumps({"result": asdict(run), "recipe": recipe_record(recipe)}))
+    return run
 
 
 @torch.no_grad()
@@ -230,49 +344,100 @@ def training_blocks_loss(
     return sum(model(input_ids=batch, labels=batch).loss.item() * len(batch) for batch in batches) / len(ids)
 
 
-def usable_lr_ranges(runs: list[SweepRun], tolerance: float = 0.1, across_variants: bool = False) -> list[UsableRange]:
-    """Per (variant, warm-up): the best run, and the contiguous span of grid learning rates around it whose final
-    loss stays within `tolerance` (a fraction) of the best one, diverged runs excluded.
+def cell_key(run: SweepRun) -> tuple[int, str, int]:
+    return run.num_hidden_layers, run.variant, run.warmup_steps
 
-    With `across_variants` the limit comes from the best run of all variants instead: a variant that trains stably
-    but never gets near the others (say, stuck on a plateau at every learning rate) then has no usable range.
+
+def lr_sensitivity(runs: list[SweepRun]) -> float:
+    """Wortsman et al. 2023's LR sensitivity of one seed's learning-rate grid: the mean over the grid of
+    `min(loss, initial loss) - best loss`, a diverged run counting as its initial loss. 0: every learning rate as
+    good as the best one; the initial-minus-best loss: only the best one learns at all."""
+    best = min((run.final_eval_loss for run in runs if not run.diverged), default=math.nan)
+    if math.isnan(best):
+        return math.nan
+    capped = [
+        run.initial_eval_loss if run.diverged else min(run.final_eval_loss, run.initial_eval_loss) for run in runs
+    ]
+    return statistics.fmean(capped) - best
+
+
+def mean_and_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def usable_lr_ranges(runs: list[SweepRun], tolerance: float = 0.1, across_variants: bool = False) -> list[UsableRange]:
+    """Per (depth, variant, warm-up): the learning rate with the best final loss averaged over seeds, and the
+    contiguous span of grid learning rates around it whose mean loss stays within `tolerance` (a fraction) of that
+    best one; a learning rate where any seed diverged is excluded. Also the LR sensitivity, mean and spread over
+    seeds.
+
+    With `across_variants` the limit comes from the best mean of all variants at the same depth instead: a variant
+    that trains stably but never gets near the others (say, stuck on a plateau at every learning rate) then has no
+    usable range.
     """
-    best_of_all = min((run.final_eval_loss for run in runs if not run.diverged), default=math.nan)
-    variant_order = {variant: index for index, variant in enumerate(dict.fromkeys(run.variant for run in runs))}
-    runs = sorted(runs, key=lambda run: (variant_order[run.variant], -run.warmup_steps, run.learning_rate))
+    order = {key: index for index, key in enumerate(dict.fromkeys(cell_key(run) for run in runs))}
+    runs = sorted(runs, key=lambda run: (order[cell_key(run)], run.learning_rate, run.seed))
+    summaries = []
+    for key, cell_runs in groupby(runs, key=cell_key):
+        by_rate = [list(rate_runs) for _, rate_runs in groupby(cell_runs, key=lambda run: run.learning_rate)]
+        summaries.append((key, by_rate))
+
+    def healthy_mean(rate_runs: list[SweepRun]) -> float | None:
+        if any(run.diverged for run in rate_runs):
+            return None
+        return statistics.fmean(run.final_eval_loss for run in rate_runs)
+
+    best_of_depth: dict[int, float] = {}
+    for (depth, _, _), by_rate in summaries:
+        means = [mean for rate_runs in by_rate if (mean := healthy_mean(rate_runs)) is not None]
+        if means:
+            best_of_depth[depth] = min(best_of_depth.get(depth, math.inf), min(means))
+
     ranges = []
-    for (variant, warmup_steps), group in groupby(runs, key=lambda run: (run.variant, run.warmup_steps)):
-        group = list(group)
-        diverged = [run.learning_rate for run in group if run.diverged]
-        healthy = [index for index, run in enumerate(group) if not run.diverged]
+    for (depth, variant, warmup_steps), by_rate in summaries:
+        means = [healthy_mean(rate_runs) for rate_runs in by_rate]
+        rates = [rate_runs[0].learning_rate for rate_runs in by_rate]
+        seeds = sorted({run.seed for rate_runs in by_rate for run in rate_runs})
+        per_seed = [[run for rate_runs in by_rate for run in rate_runs if run.seed == seed] for seed in seeds]
+        sensitivity, sensitivity_std = mean_and_std([lr_sensitivity(seed_runs) for seed_runs in per_seed])
+        diverged = [rate for rate, mean in zip(rates, means, strict=True) if mean is None]
+        healthy = [index for index, mean in enumerate(means) if mean is not None]
+        common = dict(num_hidden_layers=depth, variant=variant, warmup_steps=warmup_steps, seeds=len(seeds))
+        common.update(diverged=diverged, lr_sensitivity=sensitivity, lr_sensitivity_std=sensitivity_std)
         if not healthy:
-            ranges.append(UsableRange(variant, warmup_steps, None, None, None, None, diverged, None))
-            continue
-        best_index = min(healthy, key=lambda index: group[index].final_eval_loss)
-        best = group[best_index]
-        limit = (best_of_all if across_variants else best.final_eval_loss) * (1 + tolerance)
-        usable = [not run.diverged and run.final_eval_loss <= limit for run in group]
-        gap = best.final_eval_loss - best.final_train_loss
-        if not usable[best_index]:
             ranges.append(
-                UsableRange(variant, warmup_steps, best.learning_rate, best.final_eval_loss, None, None, diverged, gap)
+                UsableRange(
+                    **common,
+                    best_learning_rate=None,
+                    best_loss=None,
+                    best_loss_std=None,
+                    low=None,
+                    high=None,
+                    generalization_gap=None,
+                )
             )
             continue
+        best_index = min(healthy, key=lambda index: means[index])
+        best_runs = by_rate[best_index]
+        best_loss, best_std = mean_and_std([run.final_eval_loss for run in best_runs])
+        gap = statistics.fmean(run.final_eval_loss - run.final_train_loss for run in best_runs)
+        limit = (best_of_depth[depth] if across_variants else best_loss) * (1 + tolerance)
+        usable = [mean is not None and mean <= limit for mean in means]
         low = high = best_index
         while low > 0 and usable[low - 1]:
             low -= 1
-        while high < len(group) - 1 and usable[high + 1]:
+        while high < len(usable) - 1 and usable[high + 1]:
             high += 1
+        span = (rates[low], rates[high]) if usable[best_index] else (None, None)
         ranges.append(
             UsableRange(
-                variant,
-                warmup_steps,
-                best.learning_rate,
-                best.final_eval_loss,
-                group[low].learning_rate,
-                group[high].learning_rate,
-                diverged,
-                gap,
+                **common,
+                best_learning_rate=rates[best_index],
+                best_loss=best_loss,
+                best_loss_std=best_std,
+                low=span[0],
+                high=span[1],
+                generalization_gap=gap,
             )
         )
     return ranges
@@ -287,91 +452,104 @@ def write_csv(runs: list[SweepRun], path: Path) -> None:
 
 def read_csv(path: str | Path) -> list[SweepRun]:
     """The runs of a `sweep.csv` (to recompute ranges or plots without training again)."""
+    types = {item.name: item.type for item in fields(SweepRun)}
     with open(path, newline="") as file:
         return [
             SweepRun(
-                variant=row["variant"],
-                learning_rate=float(row["learning_rate"]),
-                warmup_steps=int(row["warmup_steps"]),
-                initial_eval_loss=float(row["initial_eval_loss"]),
-                final_eval_loss=float(row["final_eval_loss"]),
-                final_train_loss=float(row["final_train_loss"]),
-                diverged=row["diverged"] == "True",
-                seconds=float(row["seconds"]),
+                **{name: row[name] == "True" if types[name] is bool else types[name](row[name]) for name in types}
             )
             for row in csv.DictReader(file)
         ]
 
 
 def plot_sweep(runs: list[SweepRun], path: Path) -> None:
-    """Final held-out loss against learning rate: a colour per variant, dashed without warm-up, x for diverged."""
+    """Final held-out loss against learning rate, mean over seeds with their spread as error bars: a row of panels
+    per depth, a column per warm-up, a colour per variant; x marks learning rates where a seed diverged."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(9, 4.5))
+    depths = sorted({run.num_hidden_layers for run in runs})
+    warmups = sorted({run.warmup_steps for run in runs})
     variants = list(dict.fromkeys(run.variant for run in runs))
-    warmups = sorted({run.warmup_steps for run in runs}, reverse=True)
-    finite = [run.final_eval_loss for run in runs if not run.diverged]
-    ceiling = max(finite + [run.initial_eval_loss for run in runs]) if runs else 1.0
-    for color, variant in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], variants, strict=False):
-        for warmup_steps in warmups:
-            series = sorted(
-                (r for r in runs if r.variant == variant and r.warmup_steps == warmup_steps),
-                key=lambda r: r.learning_rate,
-            )
-            label = f"{variant}, warm-up {warmup_steps}"
-            style = "-" if warmup_steps else "--"
-            axes.plot(
-                [r.learning_rate for r in series],
-                [r.final_eval_loss if math.isfinite(r.final_eval_loss) else np.nan for r in series],
-                style,
-                marker="o",
-                color=color,
-                label=label,
-            )
-            failed = [r for r in series if r.diverged]
-            axes.scatter(
-                [r.learning_rate for r in failed],
-                [min(r.final_eval_loss, ceiling) if math.isfinite(r.final_eval_loss) else ceiling for r in failed],
-                marker="x",
-                s=80,
-                color=color,
-            )
-    axes.set_xscale("log")
-    axes.set_xlabel("peak learning rate")
-    axes.set_ylabel("final held-out loss (x: diverged)")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    colors = dict(zip(variants, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 2, strict=False))
+    figure, axes = plt.subplots(
+        len(depths), len(warmups), figsize=(4 * len(warmups) + 2, 3.2 * len(depths)), squeeze=False, sharey="row"
+    )
+    for row, depth in enumerate(depths):
+        for column, warmup_steps in enumerate(warmups):
+            panel = axes[row][column]
+            for variant in variants:
+                cell = [
+                    r
+                    for r in runs
+                    if (r.num_hidden_layers, r.variant, r.warmup_steps) == (depth, variant, warmup_steps)
+                ]
+                rates = sorted({r.learning_rate for r in cell})
+                means, spreads, failed = [], [], []
+                for rate in rates:
+                    at_rate = [r for r in cell if r.learning_rate == rate]
+                    if any(r.diverged for r in at_rate):
+                        means.append(np.nan)
+                        spreads.append(np.nan)
+                        failed.append(rate)
+                    else:
+                        mean, std = mean_and_std([r.final_eval_loss for r in at_rate])
+                        means.append(mean)
+                        spreads.append(std)
+                panel.errorbar(
+                    rates, means, yerr=spreads, marker="o", ms=3, capsize=2, color=colors[variant], label=variant
+                )
+                ceiling = max([r.initial_eval_loss for r in cell], default=1.0)
+                panel.scatter(failed, [ceiling] * len(failed), marker="x", s=40, color=colors[variant])
+            panel.set_xscale("log")
+            panel.set_title(f"{depth} applications, warm-up {warmup_steps}", fontsize=9)
+            panel.grid(True, which="both", alpha=0.3)
+            if row == len(depths) - 1:
+                panel.set_xlabel("peak learning rate")
+            if column == 0:
+                panel.set_ylabel("final held-out loss")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
 def format_ranges(ranges: list[UsableRange], tolerance: float, across_variants: bool = False) -> str:
-    """A Markdown table of the usable learning-rate ranges."""
-    reference = "any variant's best run" if across_variants else "the variant's best run"
+    """A Markdown table of the usable learning-rate ranges and LR sensitivities."""
+    reference = "the best variant's" if across_variants else "the variant's best"
     lines = [
-        f"| variant | warm-up steps | best LR | best loss | usable LR (within {tolerance:.0%} of {reference}) | "
-        "decades | diverged at LR | held-out - train at best |",
-        "|---|---:|---:|---:|---|---:|---|---:|",
+        "| depth | variant | warm-up | seeds | best LR | best loss (mean ± sd) | "
+        f"usable LR (mean within {tolerance:.0%} of {reference}) | decades | diverged at LR | "
+        "LR sensitivity (mean ± sd) | held-out - train at best |",
+        "|---:|---|---:|---:|---:|---:|---|---:|---|---:|---:|",
     ]
     for r in ranges:
         diverged = ", ".join(f"{lr:g}" for lr in r.diverged) or "-"
-        best = "- | -" if r.best_learning_rate is None else f"{r.best_learning_rate:g} | {r.best_loss:.3f}"
+        best = (
+            "- | -"
+            if r.best_learning_rate is None
+            else f"{r.best_learning_rate:g} | {r.best_loss:.3f} ± {r.best_loss_std:.3f}"
+        )
         usable = "none" if r.low is None else f"{r.low:g} - {r.high:g}"
         gap = "-" if r.generalization_gap is None else f"{r.generalization_gap:+.3f}"
-        lines.append(f"| {r.variant} | {r.warmup_steps} | {best} | {usable} | {r.decades:.1f} | {diverged} | {gap} |")
+        sensitivity = "-" if math.isnan(r.lr_sensitivity) else f"{r.lr_sensitivity:.3f} ± {r.lr_sensitivity_std:.3f}"
+        lines.append(
+            f"| {r.num_hidden_layers} | {r.variant} | {r.warmup_steps} | {r.seeds} | {best} | {usable} | "
+            f"{r.decades:.1f} | {diverged} | {sensitivity} | {gap} |"
+        )
     return "\n".join(lines)
 
 
 def format_sweep_report(runs: list[SweepRun], tolerance: float) -> str:
-    """Both tables of `usable_lr.md`: each variant against its own best run, then against the best of all."""
+    """Both tables of `usable_lr.md`: each variant against its own best, then against the best variant's at the
+    same depth."""
     return (
-        f"Usable learning rates: final held-out loss within {tolerance:.0%} of the variant's best run\n\n"
+        f"Usable learning rates: mean final held-out loss within {tolerance:.0%} of the variant's best\n\n"
         f"{format_ranges(usable_lr_ranges(runs, tolerance), tolerance)}\n\n"
-        f"Usable learning rates: final held-out loss within {tolerance:.0%} of the best run of any variant\n\n"
+        f"Usable learning rates: mean final held-out loss within {tolerance:.0%} of the best variant's at the same "
+        "depth\n\n"
         f"{format_ranges(usable_lr_ranges(runs, tolerance, across_variants=True), tolerance, across_variants=True)}\n"
     )
 
@@ -510,6 +688,7 @@ __all__ = [
     "depth_profile",
     "format_ranges",
     "format_sweep_report",
+    "lr_sensitivity",
     "plot_depth_profiles",
     "plot_sweep",
     "read_csv",

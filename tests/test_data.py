@@ -2,7 +2,9 @@
 
 import json
 import re
+import sysconfig
 from itertools import chain
+from pathlib import Path
 from pydoc_data.topics import topics
 
 import pyarrow as pa
@@ -10,7 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import Dataset
 
-from albertagpt.data import TextSource, builtin_corpus, iter_texts, load_text_splits, pack_into_blocks
+from albertagpt.data import (
+    TextSource,
+    builtin_corpus,
+    iter_texts,
+    load_text_splits,
+    pack_into_blocks,
+    stdlib_source_files,
+    stdlib_sources,
+)
 from albertagpt.tokenizer import train_tokenizer
 
 DOCUMENTS = builtin_corpus("train")[:20]
@@ -31,6 +41,25 @@ def test_builtin_corpus_splits_topics_deterministically():
     assert builtin_corpus("validation") == held_out
     with pytest.raises(ValueError, match="split"):
         builtin_corpus("test")
+
+
+def test_stdlib_corpus_holds_out_every_tenth_source_file_and_no_tests():
+    train, held_out = builtin_corpus("train", "stdlib"), builtin_corpus("validation", "stdlib")
+    documents = stdlib_sources()
+    assert documents[::10] == held_out and len(train) + len(held_out) == len(documents)
+    assert not set(train) & set(held_out)
+    assert 5e6 < sum(map(len, train)) < 30e6  # megabytes of code: enough for a small quality benchmark
+    assert any("class OrderedDict" in text for text in documents)  # collections/__init__.py
+    files = stdlib_source_files()
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    assert (stdlib / "test").is_dir() and (stdlib / "collections" / "__init__.py") in files
+    for path in files:  # no tests, no installed packages
+        parts = path.relative_to(stdlib).parts
+        assert not {"test", "tests", "idle_test", "site-packages"} & set(parts) and not parts[-1].startswith("test_")
+    splits = load_text_splits(TextSource(builtin_corpus="stdlib"))
+    assert splits["validation"]["text"] == [text for text in held_out if text.strip()]
+    with pytest.raises(ValueError, match="`builtin_corpus` must be one of"):
+        TextSource(builtin_corpus="wikipedia")
 
 
 def test_packing_concatenates_documents_with_eos_into_full_blocks(tokenizer):

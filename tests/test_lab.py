@@ -3,6 +3,8 @@ training loop, and the training loop's `diagnostics` option."""
 
 import json
 import math
+import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ from helpers import TINY_SIZES, tiny_config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoTokenizer
 
-from albertagpt import AlbertAGPTForCausalLM
+import albertagpt.lab
+from albertagpt import AlbertAGPTForCausalLM, deepnorm_settings
 from albertagpt.data import builtin_corpus, load_text_splits, pack_into_blocks
 from albertagpt.lab import (
     SweepRecipe,
@@ -23,6 +26,7 @@ from albertagpt.lab import (
     run_sweep,
     training_blocks_loss,
     usable_lr_ranges,
+    variant_config,
     write_csv,
 )
 from albertagpt.tokenizer import train_tokenizer
@@ -32,9 +36,11 @@ GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
 NAN = float("nan")
 
 
-def sweep_run(variant: str, learning_rate: float, loss: float, warmup_steps: int = 10) -> SweepRun:
+def sweep_run(
+    variant: str, learning_rate: float, loss: float, warmup_steps: int = 10, seed: int = 0, depth: int = 6
+) -> SweepRun:
     diverged = loss != loss or loss >= 8.0
-    return SweepRun(variant, learning_rate, warmup_steps, 8.0, loss, loss - 0.1, diverged, 1.0)
+    return SweepRun(variant, depth, learning_rate, warmup_steps, seed, 8.0, loss, loss - 0.1, diverged, 0.5, 1.0)
 
 
 def test_usable_range_is_the_contiguous_span_within_tolerance_of_the_best() -> None:
@@ -45,15 +51,19 @@ def test_usable_range_is_the_contiguous_span_within_tolerance_of_the_best() -> N
         *(sweep_run("none", lr, loss) for lr, loss in zip(GRID, [5.0, 4.8, NAN, 8.5, NAN, NAN], strict=True)),
         *(sweep_run("post", lr, loss, warmup_steps=0) for lr, loss in zip(GRID, [NAN] * 6, strict=True)),
     ]
-    post, post_no_warmup, none = usable_lr_ranges(runs, tolerance=0.1)
+    post, none, post_no_warmup = usable_lr_ranges(runs, tolerance=0.1)
 
     assert (post.variant, post.warmup_steps, post.best_learning_rate, post.best_loss) == ("post", 10, 3e-3, 4.4)
-    assert (post.low, post.high, post.diverged) == (3e-4, 3e-3, [])
+    assert (post.low, post.high, post.diverged, post.seeds, post.best_loss_std) == (3e-4, 3e-3, [], 1, 0.0)
     assert post.decades == pytest.approx(1.0)
     assert post.generalization_gap == pytest.approx(0.1)
+    # Wortsman's LR sensitivity: mean over the grid of min(loss, initial 8.0) - best 4.4
+    assert post.lr_sensitivity == pytest.approx((6.0 + 4.7 + 4.5 + 4.4 + 4.9 + 4.6) / 6 - 4.4)
+    assert none.lr_sensitivity == pytest.approx((5.0 + 4.8 + 8.0 + 8.0 + 8.0 + 8.0) / 6 - 4.8)
 
     assert (post_no_warmup.warmup_steps, post_no_warmup.best_learning_rate, post_no_warmup.decades) == (0, None, 0.0)
     assert post_no_warmup.diverged == GRID
+    assert math.isnan(post_no_warmup.lr_sensitivity)
 
     assert (none.best_learning_rate, none.low, none.high) == (3e-4, 1e-4, 3e-4)
     assert none.diverged == GRID[2:]
@@ -65,21 +75,59 @@ def test_usable_range_is_the_contiguous_span_within_tolerance_of_the_best() -> N
     across = usable_lr_ranges(runs, tolerance=0.1, across_variants=True)
     assert [(r.variant, r.low, r.high) for r in across] == [
         ("post", 3e-4, 3e-3),
-        ("post", None, None),
         ("none", 3e-4, 3e-4),
+        ("post", None, None),
     ]
-    none_within_5 = usable_lr_ranges(runs, tolerance=0.05, across_variants=True)[2]
+    none_within_5 = usable_lr_ranges(runs, tolerance=0.05, across_variants=True)[1]
     assert (none_within_5.best_learning_rate, none_within_5.low, none_within_5.decades) == (3e-4, None, 0.0)
 
     table = format_ranges([post, post_no_warmup, none], 0.1).splitlines()
-    assert table[2] == "| post | 10 | 0.003 | 4.400 | 0.0003 - 0.003 | 1.0 | - | +0.100 |"
-    assert table[3].startswith("| post | 0 | - | - | none | 0.0 | 0.0001, 0.0003, 0.001")
+    assert (
+        table[2] == "| 6 | post | 10 | 1 | 0.003 | 4.400 ± 0.000 | 0.0003 - 0.003 | 1.0 | - | 0.450 ± 0.000 | +0.100 |"
+    )
+    assert table[3].startswith("| 6 | post | 0 | 1 | - | - | none | 0.0 | 0.0001, 0.0003, 0.001")
+
+
+def test_seeds_are_averaged_and_a_learning_rate_with_a_diverged_seed_is_not_usable() -> None:
+    losses = {0: [5.0, 4.4, 4.6], 1: [5.2, 4.6, NAN]}  # per seed, over the first three grid points
+    runs = [
+        sweep_run("post", lr, loss, seed=seed)
+        for seed, row in losses.items()
+        for lr, loss in zip(GRID[:3], row, strict=True)
+    ]
+    runs += [sweep_run("post", lr, 4.0, depth=24) for lr in GRID[:2]]  # another depth is another row
+    shallow, deep = usable_lr_ranges(runs, tolerance=0.2)
+    assert (shallow.num_hidden_layers, shallow.seeds, shallow.best_learning_rate) == (6, 2, 3e-4)
+    assert shallow.best_loss == pytest.approx(4.5)
+    assert shallow.best_loss_std == pytest.approx(statistics.stdev([4.4, 4.6]))
+    assert (shallow.low, shallow.high, shallow.diverged) == (1e-4, 3e-4, [1e-3])
+    sensitivities = [(5.0 + 4.4 + 4.6) / 3 - 4.4, (5.2 + 4.6 + 8.0) / 3 - 4.6]
+    assert shallow.lr_sensitivity == pytest.approx(statistics.fmean(sensitivities))
+    assert shallow.lr_sensitivity_std == pytest.approx(statistics.stdev(sensitivities))
+    assert (deep.num_hidden_layers, deep.best_loss, deep.seeds) == (24, 4.0, 1)
+    # Across variants the reference is the best of the same depth: 4.0 does not raise the bar at depth 6.
+    assert usable_lr_ranges(runs, tolerance=0.2, across_variants=True)[0].low == 1e-4
 
 
 def test_sweep_table_round_trips_through_csv(tmp_path: Path) -> None:
-    runs = [sweep_run("post", 1e-3, 4.5), sweep_run("none", 1e-2, NAN, warmup_steps=0)]
+    runs = [sweep_run("post", 1e-3, 4.5), sweep_run("none", 1e-2, NAN, warmup_steps=0, seed=3, depth=24)]
     write_csv(runs, tmp_path / "sweep.csv")
     assert repr(read_csv(tmp_path / "sweep.csv")) == repr(runs)  # repr: NaN != NaN
+
+
+def test_variant_names_set_the_norms_and_the_stabilisers() -> None:
+    assert variant_config("post-layernorm") == {"norm_position": "post", "norm_type": "layernorm"}
+    assert variant_config("post-layernorm-b2t") == {**variant_config("post-layernorm"), "b2t_connection": True}
+    assert variant_config("post-layernorm-deepnorm-b2t", 24) == {
+        **variant_config("post-layernorm"),
+        **deepnorm_settings(24),
+        "b2t_connection": True,
+    }
+    with pytest.raises(ValueError, match="depend on `num_hidden_layers`"):
+        variant_config("post-layernorm-deepnorm")
+    for name in ("pre-layernorm-b2t", "post-layernorm-b2t-deepnorm", "none-b2t"):
+        with pytest.raises(ValueError, match=f"Unknown variant '{name}'"):
+            variant_config(name, 6)
 
 
 def test_sweep_recipe_checks_its_grid() -> None:
@@ -99,8 +147,9 @@ def test_sweep_recipe_checks_its_grid() -> None:
     ]
     with pytest.raises(ValueError, match="repeats values"):
         SweepRecipe(min_learning_rate=1e-3, max_learning_rate=1.001e-3, learning_rate_points=2)
-    with pytest.raises(ValueError, match="lists a variant twice"):
-        SweepRecipe(variants=["none", "none"])
+    for name, values in (("variants", ["none", "none"]), ("seeds", [1, 1]), ("warmups", [0, 0]), ("depths", [6, 6])):
+        with pytest.raises(ValueError, match=f"`{name}` lists a value twice"):
+            SweepRecipe(**{name: values})
     with pytest.raises(ValueError, match="`variants` is empty"):
         SweepRecipe(variants=[])
     with pytest.raises(ValueError, match="< inf"):
@@ -108,8 +157,13 @@ def test_sweep_recipe_checks_its_grid() -> None:
     for tolerance in (math.nan, math.inf, 0.0):  # NaN would make no run usable, inf every run
         with pytest.raises(ValueError, match="`tolerance` must be a positive finite fraction"):
             SweepRecipe(tolerance=tolerance)
-    assert SweepRecipe(warmup_steps=5).warmups() == [5, 0]
-    assert SweepRecipe(warmup_steps=5, compare_warmup=False).warmups() == [5]
+    with pytest.raises(ValueError, match="`depths` must be positive"):
+        SweepRecipe(depths=[0])
+    with pytest.raises(ValueError, match="`warmups` must not be negative"):
+        SweepRecipe(warmups=[-1])
+    assert SweepRecipe(warmup_steps=5).warmup_grid() == [5]
+    assert SweepRecipe(warmup_steps=5, warmups=[0, 50]).warmup_grid() == [0, 50]
+    assert SweepRecipe(seed=7).seed_grid() == [7]
 
 
 # --- through the training loop ----------------------------------------------------------------------------
@@ -153,45 +207,70 @@ def test_a_run_whose_last_update_diverges_is_recorded_and_the_sweep_goes_on(work
     # One step at LR 1000 without warm-up: its loss was finite when checked, the weights after it are not, and the
     # final evaluation finds out (its sample generation used to crash the whole sweep).
     fields = {**recipe_fields(workspace, tmp_path), "max_steps": 1, "warmup_steps": 0, "eval_steps": 1}
-    grid = dict(min_learning_rate=1e-2, max_learning_rate=1e3, learning_rate_points=2, compare_warmup=False)
+    grid = dict(min_learning_rate=1e-2, max_learning_rate=1e3, learning_rate_points=2)
     runs, _ = run_sweep(SweepRecipe(**fields, **grid, variants=["none"], processes=1))
     assert [(run.learning_rate, run.diverged) for run in runs] == [(0.01, False), (1000.0, True)]
     assert math.isnan(runs[1].final_eval_loss)
-    assert "Non-finite held-out loss" in (tmp_path / "runs" / "none_lr1000_warmup0" / "train.log").read_text()
+    log = tmp_path / "runs" / "L4_none_lr1000_warmup0_seed42" / "train.log"
+    assert "Non-finite held-out loss" in log.read_text()
     assert (tmp_path / "usable_lr.md").is_file()
 
 
-def test_sweep_runs_the_grid_through_the_training_loop(workspace: Path, tmp_path: Path) -> None:
-    grid = dict(min_learning_rate=1e-2, max_learning_rate=1e3, learning_rate_points=2, compare_warmup=False)
-    recipe = SweepRecipe(
-        **recipe_fields(workspace, tmp_path), **grid, variants=["post-layernorm", "none"], processes=1
-    )
+def test_sweep_runs_the_grid_through_the_training_loop_and_resumes(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grid = dict(min_learning_rate=1e-2, max_learning_rate=1e3, learning_rate_points=2, seeds=[0, 1], depths=[2, 4])
+    grid.update(diagnostics=True)
+    variants = ["post-layernorm-deepnorm-b2t", "none"]
+    recipe = SweepRecipe(**recipe_fields(workspace, tmp_path), **grid, variants=variants, processes=1)
     runs, ranges = run_sweep(recipe)
 
-    assert [(run.variant, run.learning_rate) for run in runs] == [
-        ("post-layernorm", 0.01),
-        ("post-layernorm", 1000.0),
-        ("none", 0.01),
-        ("none", 1000.0),
+    assert [(run.num_hidden_layers, run.variant, run.learning_rate, run.seed) for run in runs] == [
+        (depth, variant, lr, seed)
+        for depth in (2, 4)
+        for variant in variants
+        for lr in (0.01, 1000.0)
+        for seed in (0, 1)
     ]
     for run in runs:
         if run.learning_rate == 0.01:
             assert not run.diverged and run.final_eval_loss < run.initial_eval_loss, run
+            assert run.grad_ratio > 0  # from the run's diagnostics
         else:  # a learning rate of 1000 wrecks either model
             assert run.diverged, run
-    assert [(r.variant, r.best_learning_rate, r.diverged) for r in ranges] == [
-        ("post-layernorm", 0.01, [1000.0]),
-        ("none", 0.01, [1000.0]),
+    # Seeds change the initial weights and the data order: the two seeds of a cell differ.
+    assert runs[0].final_eval_loss != runs[1].final_eval_loss
+    assert [(r.num_hidden_layers, r.variant, r.best_learning_rate, r.diverged, r.seeds) for r in ranges] == [
+        (depth, variant, 0.01, [1000.0], 2) for depth in (2, 4) for variant in variants
     ]
     assert repr(read_csv(tmp_path / "sweep.csv")) == repr(runs)
     assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")
     assert (tmp_path / "usable_lr.md").read_text() == format_sweep_report(runs, 0.1)
     assert format_ranges(ranges, 0.1) in format_sweep_report(runs, 0.1)
     run_dirs = sorted((tmp_path / "runs").iterdir())
-    assert len(run_dirs) == 4
-    assert json.loads((tmp_path / "configs" / "none.json").read_text())["norm_position"] == "none"
+    assert len(run_dirs) == 16
+    config = json.loads((tmp_path / "configs" / "L4_post-layernorm-deepnorm-b2t.json").read_text())
+    assert config["num_hidden_layers"] == 4 and config["b2t_connection"]
+    assert config["residual_alpha"] == pytest.approx(deepnorm_settings(4)["residual_alpha"])
     for run_dir in run_dirs:
         assert (run_dir / "metrics.jsonl").is_file() and not list(run_dir.glob("checkpoint-*"))
+
+    # Run again after a kill that lost one run: only that run trains; the others are read back.
+    lost = runs[0]
+    lost_dir = tmp_path / "runs" / f"L2_{lost.variant}_lr{lost.learning_rate:g}_warmup1_seed{lost.seed}"
+    shutil.rmtree(lost_dir)
+    trained = []
+    real_run_one = albertagpt.lab.run_one
+    monkeypatch.setattr(albertagpt.lab, "run_one", lambda *args: trained.append(args[2]) or real_run_one(*args))
+    again, _ = run_sweep(recipe)
+    assert [Path(run_recipe.output_dir) for run_recipe in trained] == [lost_dir]
+    assert repr(again[1:]) == repr(runs[1:]) and again[0].final_eval_loss == pytest.approx(runs[0].final_eval_loss)
+    # A changed recipe trains every run again: its results would not be comparable.
+    trained.clear()
+    run_sweep(
+        SweepRecipe(**{**recipe_fields(workspace, tmp_path), "max_steps": 2}, **grid, variants=["none"], processes=1)
+    )
+    assert len(trained) == 8
 
 
 @pytest.mark.parametrize("max_eval_batches", [None, 1])
