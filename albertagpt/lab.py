@@ -24,6 +24,7 @@ import os
 import shutil
 import statistics
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from itertools import groupby, islice
@@ -50,7 +51,7 @@ DEFAULT_VARIANTS = [
     "post-batchnorm",
 ]
 STABILISER_SUFFIXES = ("", "-deepnorm", "-b2t", "-deepnorm-b2t")
-SWEEP_RUN_FILE = "sweep_run.json"  # a finished run's result and recipe, in its folder
+RUN_RESULT_FILE = "sweep_run.json"  # a finished run's result and recipe, in its folder
 
 
 def variant_config(variant: str, num_hidden_layers: int | None = None) -> dict[str, object]:
@@ -234,18 +235,8 @@ def run_sweep(recipe: SweepRecipe) -> tuple[list[SweepRun], list[UsableRange]]:
                             shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run starts afresh
                             to_run.append((key, variant, depth, run_recipe))
 
-    processes = min(recipe.processes or os.cpu_count() or 1, max(len(to_run), 1))
-    keys = [key for key, *_ in to_run]
-    arguments = [task[1:] for task in to_run]
-    if processes == 1:
-        trained = [run_one(*task) for task in arguments]
-    else:
-        # Spawned workers with one thread each: parallel runs do not compete for cores or share torch's state.
-        with ProcessPoolExecutor(
-            processes, mp_context=get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)
-        ) as pool:
-            trained = list(pool.map(run_one, *zip(*arguments, strict=True))) if arguments else []
-    done.update(zip(keys, trained, strict=True))
+    trained = map_in_processes(run_one, [task[1:] for task in to_run], recipe.processes)
+    done.update(zip([key for key, *_ in to_run], trained, strict=True))
     runs = [done[key] for key in sorted(done)]
 
     ranges = usable_lr_ranges(runs, recipe.tolerance)
@@ -264,19 +255,39 @@ def shared_tokenizer(recipe: TrainingRecipe, folder: Path) -> Path:
     return folder
 
 
+def map_in_processes(function: Callable, tasks: list[tuple], processes: int = 0) -> list:
+    """`[function(*task) for task in tasks]`, in `processes` worker processes (0: one per CPU core)."""
+    processes = min(processes or os.cpu_count() or 1, max(len(tasks), 1))
+    if processes == 1 or not tasks:
+        return [function(*task) for task in tasks]
+    # Spawned workers with one thread each: parallel runs do not compete for cores or share torch's state.
+    with ProcessPoolExecutor(
+        processes, mp_context=get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)
+    ) as pool:
+        return list(pool.map(function, *zip(*tasks, strict=True)))
+
+
 def recipe_record(recipe: TrainingRecipe) -> dict:
     return json.loads(json.dumps(asdict(recipe)))
 
 
-def finished_run(run_dir: Path, recipe: TrainingRecipe) -> SweepRun | None:
+def save_run_result(run_dir: Path, recipe: TrainingRecipe, result: dict) -> None:
+    """What a finished run found, next to the recipe it ran (`saved_run_result` reads it back)."""
+    (run_dir / RUN_RESULT_FILE).write_text(json.dumps({"result": result, "recipe": recipe_record(recipe)}))
+
+
+def saved_run_result(run_dir: Path, recipe: TrainingRecipe) -> dict | None:
     """The result a finished run left in `run_dir`, if it ran this very recipe."""
-    path = run_dir / SWEEP_RUN_FILE
+    path = run_dir / RUN_RESULT_FILE
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    if record["recipe"] != recipe_record(recipe):
-        return None
-    return SweepRun(**record["result"])
+    return record["result"] if record["recipe"] == recipe_record(recipe) else None
+
+
+def finished_run(run_dir: Path, recipe: TrainingRecipe) -> SweepRun | None:
+    result = saved_run_result(run_dir, recipe)
+    return None if result is None else SweepRun(**result)
 
 
 def run_one(variant: str, num_hidden_layers: int, recipe: TrainingRecipe) -> SweepRun:
@@ -319,7 +330,7 @@ def run_one(variant: str, num_hidden_layers: int, recipe: TrainingRecipe) -> Swe
         grad_ratio,
         seconds,
     )
-    (run_dir / SWEEP_RUN_FILE).write_text(json.dumps({"result": asdict(run), "recipe": recipe_record(recipe)}))
+    save_run_result(run_dir, recipe, asdict(run))
     return run
 
 

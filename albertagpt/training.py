@@ -35,6 +35,8 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     DataCollatorForLanguageModeling,
+    PreTrainedConfig,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
     SchedulerType,
     get_scheduler,
@@ -376,7 +378,7 @@ def save_checkpoint(
     step: int,
     tokenizer: PreTrainedTokenizerBase,
     recipe: TrainingRecipe,
-    config: AlbertAGPTConfig,
+    config: PreTrainedConfig,
 ) -> Path:
     """Writes `checkpoint-<step>` atomically: everything goes into a temporary folder that is then renamed.
 
@@ -450,7 +452,7 @@ def warn_about_recipe_changes(accelerator: Accelerator, saved_recipe: Path, reci
         )
 
 
-def check_model_config(checkpoint: Path, config: AlbertAGPTConfig) -> None:
+def check_model_config(checkpoint: Path, config: PreTrainedConfig) -> None:
     """A checkpoint resumes the model it was written with. Another config could load weights of the same shapes (a
     shared block applied more often) and silently train a different model, or fail deep inside `load_state_dict`.
     Not compared: `RESUME_UNCOMPARED_CONFIG_FIELDS`. Checkpoints written before they held their config are not
@@ -458,8 +460,8 @@ def check_model_config(checkpoint: Path, config: AlbertAGPTConfig) -> None:
     saved_path = checkpoint / CHECKPOINT_MODEL_CONFIG
     if not saved_path.is_file():
         return
-    saved = AlbertAGPTConfig.from_json_file(saved_path)  # fields the file lacks take their defaults
-    compared = [name for name in AlbertAGPTConfig.__annotations__ if name not in RESUME_UNCOMPARED_CONFIG_FIELDS]
+    saved = type(config).from_json_file(saved_path)  # fields the file lacks take their defaults
+    compared = [name for name in type(config).__annotations__ if name not in RESUME_UNCOMPARED_CONFIG_FIELDS]
     changed = [
         f"{name}: {getattr(saved, name)!r} -> {getattr(config, name)!r}"
         for name in compared
@@ -507,13 +509,18 @@ def check_gradient_accumulation(accelerator: Accelerator, recipe_steps: int) -> 
         )
 
 
-def read_model_config(model_config: str) -> AlbertAGPTConfig:
-    """The architecture of a config JSON or of a saved model folder (for checks before anything is built)."""
+def read_model_config(model_config: str) -> PreTrainedConfig:
+    """The architecture of a config JSON or of a saved model folder (for checks before anything is built). A JSON
+    file without `model_type` is an AlbertAGPT config; another `model_type` (e.g. `gpt2`, as the quality benchmark
+    trains) is that transformers architecture."""
     path = Path(model_config)
     if path.is_dir():
         return AutoConfig.from_pretrained(path)
     if path.is_file():
-        return AlbertAGPTConfig.from_json_file(path)
+        model_type = json.loads(path.read_text()).get("model_type", AlbertAGPTConfig.model_type)
+        if model_type == AlbertAGPTConfig.model_type:
+            return AlbertAGPTConfig.from_json_file(path)
+        return AutoConfig.for_model(model_type).from_json_file(path)
     raise FileNotFoundError(f"`model_config` {model_config!r} is neither a config JSON file nor a model folder.")
 
 
@@ -551,7 +558,7 @@ def prepare_tokenizer(
     return AutoTokenizer.from_pretrained(recipe.output_dir)
 
 
-def build_model(recipe: TrainingRecipe, tokenizer: PreTrainedTokenizerBase) -> AlbertAGPTForCausalLM:
+def build_model(recipe: TrainingRecipe, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     """A new model whose vocabulary is the tokenizer's, or the saved model to continue from."""
     path = Path(recipe.model_config)
     if path.is_dir():
@@ -562,14 +569,18 @@ def build_model(recipe: TrainingRecipe, tokenizer: PreTrainedTokenizerBase) -> A
                 f"`vocab_size` {model.config.vocab_size}: use that model's tokenizer."
             )
         return model
-    values = read_model_config(recipe.model_config).to_dict()
+    config = read_model_config(recipe.model_config)
+    values = config.to_dict()
     values.update(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    return AlbertAGPTForCausalLM(AlbertAGPTConfig.from_dict(values))
+    config = type(config).from_dict(values)
+    if isinstance(config, AlbertAGPTConfig):
+        return AlbertAGPTForCausalLM(config)
+    return AutoModelForCausalLM.from_config(config)  # another architecture through the same loop
 
 
 def check_weight_tying(model: torch.nn.Module) -> None:
