@@ -34,6 +34,7 @@ PATH_FIELDS = ("output_dir", "model_config", "tokenizer", "train_files", "resume
 TOKENIZER_FILENAMES = ("tokenizer.json", "tokenizer_config.json")
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 BUILTIN_CORPUS = "pydoc_data.topics"
+BUILTIN_STDLIB_CORPUS = "python-stdlib-sources"
 LICENSE = "apache-2.0"
 TAGS = ["albertagpt", "albert", "causal-lm", "text-generation", "custom_code"]
 # Architecture fields shown in the card's config table, in the order of the forward pass.
@@ -48,6 +49,9 @@ CONFIG_TABLE_FIELDS = (
     "hidden_act",
     "max_position_embeddings",
     "layer_norm_eps",
+    "residual_alpha",
+    "residual_init_scale",
+    "b2t_connection",
     "tie_word_embeddings",
 )
 LOGIN_HELP = (
@@ -204,6 +208,13 @@ def describe_training_data(recipe: dict[str, Any] | None) -> TrainingData:
         files = [files] if isinstance(files, str) else files
         listed = ", ".join(f"`{Path(file).name}`" for file in files)
         return TrainingData(f"Local text files: {listed}.", None, "local-files", f"{listed}, {split}")
+    if recipe.get("builtin_corpus") == "stdlib":
+        return TrainingData(
+            "The source files of Python's standard library, without its tests, that ship with every Python.",
+            None,
+            BUILTIN_STDLIB_CORPUS,
+            f"Python standard library sources, one file in {BUILTIN_HELD_OUT_EVERY} held out",
+        )
     return TrainingData(
         f"The English text of Python's own documentation that ships with every Python (`{BUILTIN_CORPUS}`).",
         None,

@@ -494,6 +494,7 @@ def test_dry_run_refuses_a_folder_that_is_not_empty(trained_dir, tmp_path):
         ({"dataset_name": "wikitext", "dataset_config_name": "wikitext-2-raw-v1"}, ["wikitext"], "wikitext-2-raw-v1"),
         ({"train_files": ["/data/a.txt", "/data/b.jsonl"]}, None, "`a.txt`, `b.jsonl`"),
         ({"max_steps": 10}, None, "pydoc_data.topics"),
+        ({"builtin_corpus": "stdlib"}, None, "standard library, without its tests"),
         (None, None, "not recorded"),
     ],
 )
@@ -507,6 +508,7 @@ def test_training_data_is_named_from_the_recipe(recipe, hub_datasets, descriptio
     ("recipe", "held_out"),
     [
         ({"validation_split_percentage": 5}, "Python documentation (pydoc_data.topics), one topic in 10 held out"),
+        ({"builtin_corpus": "stdlib"}, "Python standard library sources, one file in 10 held out"),
         ({"train_files": ["a.txt"], "validation_split_percentage": 20}, "`a.txt`, one document in 5 held out"),
         ({"dataset_name": "wikitext", "validation_split_percentage": 5}, "wikitext, its validation split (without "),
     ],
