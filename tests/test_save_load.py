@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import make_hub_snapshot, run_torchrun, run_without_package, tiny_config
 from parallel_load_worker import fixed_batch
@@ -11,11 +12,13 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceCl
 from albertagpt import AlbertAGPTForCausalLM, AlbertAGPTForSequenceClassification, AlbertAGPTModel
 
 INPUT_IDS = [[5, 17, 33, 8, 61, 2], [9, 4, 4, 90, 12, 3]]
+# The plain architecture, and one with every post-LN stabiliser set (they must travel as remote code too).
+ARCHITECTURES = [{}, {"residual_alpha": 1.7, "residual_init_scale": 0.5, "b2t_connection": True}]
 
 
-def saved_model(tmp_path: Path) -> tuple[AlbertAGPTForCausalLM, Path]:
+def saved_model(tmp_path: Path, **overrides) -> tuple[AlbertAGPTForCausalLM, Path]:
     torch.manual_seed(0)
-    model = AlbertAGPTForCausalLM(tiny_config(initializer_range=0.3)).eval()
+    model = AlbertAGPTForCausalLM(tiny_config(initializer_range=0.3, **overrides)).eval()
     model.save_pretrained(tmp_path / "model")
     return model, tmp_path / "model"
 
@@ -57,8 +60,11 @@ def test_every_auto_class_loads_the_saved_folder_with_identical_logits(tmp_path:
     assert type(classifier) is AlbertAGPTForSequenceClassification
 
 
-def test_hub_snapshot_loads_with_remote_code_where_the_package_cannot_be_imported(tmp_path: Path) -> None:
-    model, folder = saved_model(tmp_path)
+@pytest.mark.parametrize("overrides", ARCHITECTURES, ids=["plain", "stabilised"])
+def test_hub_snapshot_loads_with_remote_code_where_the_package_cannot_be_imported(
+    tmp_path: Path, overrides: dict
+) -> None:
+    model, folder = saved_model(tmp_path, **overrides)
     make_hub_snapshot(folder, tmp_path / "hub", "org/name")
     code = f"""
 import torch
@@ -105,11 +111,12 @@ def test_bfloat16_with_device_map_auto(tmp_path: Path) -> None:
     torch.testing.assert_close(bf16, fp32, atol=0.25, rtol=0.05)
 
 
-def load_on_two_processes(parallelism: str, tmp_path: Path) -> tuple[AlbertAGPTForCausalLM, dict]:
+def load_on_two_processes(parallelism: str, tmp_path: Path, **overrides) -> tuple[AlbertAGPTForCausalLM, dict]:
     """A saved model, and what `parallel_load_worker.py` measured of it loaded across two CPU processes."""
     torch.manual_seed(0)
     # Two shared blocks applied twice each; 4 heads split 2 per process under tensor parallelism.
-    model = AlbertAGPTForCausalLM(tiny_config(num_hidden_layers=4, num_hidden_groups=2, initializer_range=0.2))
+    config = tiny_config(num_hidden_layers=4, num_hidden_groups=2, initializer_range=0.2, **overrides)
+    model = AlbertAGPTForCausalLM(config)
     model.save_pretrained(tmp_path / "model")
     out_file = tmp_path / "parallel.pt"
     worker_args = (parallelism, str(tmp_path / "model"), str(out_file))
@@ -126,8 +133,9 @@ def assert_same_outputs(model: AlbertAGPTForCausalLM, split: dict) -> None:
     assert torch.equal(split["continuation"], continuation)
 
 
-def test_tensor_parallel_loading_on_two_cpu_processes_matches_one(tmp_path: Path) -> None:
-    model, split = load_on_two_processes("tp", tmp_path)
+@pytest.mark.parametrize("overrides", ARCHITECTURES, ids=["plain", "stabilised"])
+def test_tensor_parallel_loading_on_two_cpu_processes_matches_one(tmp_path: Path, overrides: dict) -> None:
+    model, split = load_on_two_processes("tp", tmp_path, **overrides)
     hidden, intermediate = model.config.hidden_size, model.config.intermediate_size
     halves = {  # column-wise into each sublayer, row-wise out of it: each process holds half of every matrix
         "self_attn.q_proj": [hidden // 2, hidden],
