@@ -12,6 +12,12 @@ from albertagpt import AlbertAGPTForCausalLM, AlbertAGPTModel
 torch.manual_seed(0)
 
 
+# The plain architecture, and the same with every post-LN stabiliser set: caches, generation and checkpointing must
+# work alike for both.
+ARCHITECTURES = [{}, {"residual_alpha": 1.7, "residual_init_scale": 0.4, "b2t_connection": True}]
+ARCHITECTURE_IDS = ["plain", "stabilised"]
+
+
 def make_model(attn_implementation: str = "eager", **overrides) -> AlbertAGPTForCausalLM:
     # A large init makes attention far from uniform, so cache and masking bugs change the numbers.
     overrides.setdefault("initializer_range", 0.5)
@@ -164,9 +170,10 @@ def test_hidden_states_and_attentions_have_one_entry_per_layer_application() -> 
 # --- KV cache and generation ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("architecture", ARCHITECTURES, ids=ARCHITECTURE_IDS)
 @pytest.mark.parametrize("groups", [1, 2])
-def test_incremental_decoding_equals_full_forward(groups: int) -> None:
-    model = make_model("sdpa", num_hidden_groups=groups)
+def test_incremental_decoding_equals_full_forward(groups: int, architecture: dict) -> None:
+    model = make_model("sdpa", num_hidden_groups=groups, **architecture)
     input_ids = random_ids(2, 14)
     with torch.no_grad():
         full = model(input_ids).logits
@@ -182,9 +189,10 @@ def test_incremental_decoding_equals_full_forward(groups: int) -> None:
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("architecture", ARCHITECTURES, ids=ARCHITECTURE_IDS)
 @pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
-def test_greedy_generation_with_cache_equals_without(cache_implementation: str) -> None:
-    model = make_model("sdpa", num_hidden_groups=2)
+def test_greedy_generation_with_cache_equals_without(cache_implementation: str, architecture: dict) -> None:
+    model = make_model("sdpa", num_hidden_groups=2, **architecture)
     prompt = random_ids(2, 5)
     kwargs = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
     no_cache = model.generate(prompt, use_cache=False, **kwargs)
@@ -308,8 +316,9 @@ def gradients(model: AlbertAGPTForCausalLM, input_ids: torch.Tensor) -> dict[str
     return {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
-def test_gradient_checkpointing_gives_the_same_gradients() -> None:
-    model = make_model("sdpa", initializer_range=0.02)
+@pytest.mark.parametrize("architecture", ARCHITECTURES, ids=ARCHITECTURE_IDS)
+def test_gradient_checkpointing_gives_the_same_gradients(architecture: dict) -> None:
+    model = make_model("sdpa", initializer_range=0.02, **architecture)
     model.train()
     input_ids = random_ids(2, 12)
     plain = gradients(model, input_ids)

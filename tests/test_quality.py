@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from helpers import TINY_SIZES, tiny_config
+from test_lab import recipe_fields
 from transformers import GPT2LMHeadModel
 
 import albertagpt.quality
@@ -55,22 +56,7 @@ def test_benchmark_trains_both_models_through_the_loop_and_writes_the_results(
     workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recipe = QualityRecipe(
-        output_dir=str(tmp_path / "quality"),
-        model_config=str(workspace / "model.json"),
-        tokenizer=str(workspace / "tokenizer"),
-        train_files=[str(workspace / "corpus.txt")],
-        validation_split_percentage=10,
-        block_size=32,
-        per_device_train_batch_size=4,
-        per_device_eval_batch_size=8,
-        max_steps=4,
-        warmup_steps=1,
-        logging_steps=2,
-        eval_steps=2,
-        checkpointing_steps=4,
-        max_eval_batches=2,
-        report_to=["none"],
-        sample_max_new_tokens=1,
+        **{**recipe_fields(workspace, tmp_path / "quality"), "eval_steps": 2},
         learning_rates=[1e-3, 1e-2],
         seeds=[0, 1],
         results_file=str(tmp_path / "quality.json"),

@@ -7,13 +7,12 @@ import pytest
 import torch
 from helpers import make_hub_snapshot, run_torchrun, run_without_package, tiny_config
 from parallel_load_worker import fixed_batch
+from test_modeling import ARCHITECTURE_IDS, ARCHITECTURES
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from albertagpt import AlbertAGPTForCausalLM, AlbertAGPTForSequenceClassification, AlbertAGPTModel
 
 INPUT_IDS = [[5, 17, 33, 8, 61, 2], [9, 4, 4, 90, 12, 3]]
-# The plain architecture, and one with every post-LN stabiliser set (they must travel as remote code too).
-ARCHITECTURES = [{}, {"residual_alpha": 1.7, "residual_init_scale": 0.5, "b2t_connection": True}]
 
 
 def saved_model(tmp_path: Path, **overrides) -> tuple[AlbertAGPTForCausalLM, Path]:
@@ -60,7 +59,7 @@ def test_every_auto_class_loads_the_saved_folder_with_identical_logits(tmp_path:
     assert type(classifier) is AlbertAGPTForSequenceClassification
 
 
-@pytest.mark.parametrize("overrides", ARCHITECTURES, ids=["plain", "stabilised"])
+@pytest.mark.parametrize("overrides", ARCHITECTURES, ids=ARCHITECTURE_IDS)
 def test_hub_snapshot_loads_with_remote_code_where_the_package_cannot_be_imported(
     tmp_path: Path, overrides: dict
 ) -> None:
@@ -133,7 +132,7 @@ def assert_same_outputs(model: AlbertAGPTForCausalLM, split: dict) -> None:
     assert torch.equal(split["continuation"], continuation)
 
 
-@pytest.mark.parametrize("overrides", ARCHITECTURES, ids=["plain", "stabilised"])
+@pytest.mark.parametrize("overrides", ARCHITECTURES, ids=ARCHITECTURE_IDS)
 def test_tensor_parallel_loading_on_two_cpu_processes_matches_one(tmp_path: Path, overrides: dict) -> None:
     model, split = load_on_two_processes("tp", tmp_path, **overrides)
     hidden, intermediate = model.config.hidden_size, model.config.intermediate_size
