@@ -684,18 +684,25 @@ def evaluate(
     return (torch.cat(loss_sums).sum() / torch.cat(token_counts).sum()).item()
 
 
+def forked_rng(device: torch.device) -> contextlib.AbstractContextManager:
+    """Random draws inside leave the training run's random stream (CPU, and `device`'s) as it was."""
+    return torch.random.fork_rng(devices=[] if device.type == "cpu" else None, device_type=device.type)
+
+
 @torch.no_grad()
 def held_out_unigram_loss(
     dataloader: DataLoader, accelerator: Accelerator, max_batches: int | None, vocab_size: int
 ) -> float:
     """The loss of the best unigram model of the tokens `evaluate` scores (their own frequencies, a lower bound for
-    any model of token frequencies alone): a run whose held-out loss stays at it has learned nothing else."""
+    any model of token frequencies alone): a run whose held-out loss stays at it has learned nothing else. Read on a
+    forked RNG: a dataloader may draw from the global one, and a resumed run must not draw where the first did not."""
     counts = torch.zeros(vocab_size, dtype=torch.long, device=accelerator.device)
-    for index, batch in enumerate(dataloader):
-        if max_batches is not None and index >= max_batches:
-            break
-        labels = accelerator.gather_for_metrics(batch["labels"][:, 1:]).flatten()
-        counts += torch.bincount(labels[labels != -100], minlength=vocab_size)
+    with forked_rng(accelerator.device):
+        for index, batch in enumerate(dataloader):
+            if max_batches is not None and index >= max_batches:
+                break
+            labels = accelerator.gather_for_metrics(batch["labels"][:, 1:]).flatten()
+            counts += torch.bincount(labels[labels != -100], minlength=vocab_size)
     probabilities = counts[counts > 0].double() / counts.sum()
     return -(probabilities * probabilities.log()).sum().item()
 
@@ -744,8 +751,7 @@ def generate_sample(
     model = accelerator.unwrap_model(model)
     model.eval()
     input_ids = torch.tensor([sample_prompt_ids(tokenizer, prompt)], device=accelerator.device)
-    device = accelerator.device
-    with torch.random.fork_rng(devices=[] if device.type == "cpu" else None, device_type=device.type):
+    with forked_rng(accelerator.device):
         torch.manual_seed(seed)
         output = model.generate(
             input_ids,
