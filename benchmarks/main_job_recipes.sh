@@ -11,7 +11,8 @@ mkdir -p "$out"
 import json, sys
 from albertagpt import deepnorm_settings
 base = json.load(open("configs/model/tiny.json"))
-variants = {"plain": {}, "b2t": {"b2t_connection": True}, "deepnorm": deepnorm_settings(base["num_hidden_layers"])}
+deepnorm = deepnorm_settings(base["num_hidden_layers"])
+variants = {"plain": {}, "b2t": {"b2t_connection": True}, "deepnorm": deepnorm, "deepnorm-b2t": {**deepnorm, "b2t_connection": True}}
 for name, fields in variants.items():
     json.dump({**base, **fields}, open(f"{sys.argv[1]}/{name}.json", "w"), indent=2)
 PY
@@ -33,7 +34,11 @@ plain 0.003 200 1
 b2t 0.003 30 42
 b2t 0.003 100 42
 b2t 0.003 200 42
-deepnorm 0.003 30 42"
+deepnorm 0.003 30 42
+b2t 0.006 200 42
+deepnorm 0.006 200 42
+deepnorm-b2t 0.003 30 42
+deepnorm-b2t 0.003 200 42"
 echo "$grid" | xargs -P 2 -L 1 bash -c 'run "$@"' _
 echo "model,learning_rate,warmup_steps,seed,final_eval_loss,final_perplexity"
 echo "$grid" | while read -r model rate warmup seed; do
