@@ -1,11 +1,12 @@
-"""Learning-rate sweep of the LayerNorm lab: short training runs of each norm variant over a log-spaced grid of
-learning rates, with and without warm-up, on the same data and seed (docs/stability.md).
+"""The LayerNorm lab's sweep: short training runs of each norm variant over depths, warm-up lengths, a log-spaced
+grid of learning rates and seeds, on the same data (docs/stability.md).
 
     python scripts/lr_sweep.py --config configs/train/lr_sweep.yaml [--field value ...]
 
 Every field of the training recipe applies to every run; the sweep adds `--variants`, `--min_learning_rate`,
-`--max_learning_rate`, `--learning_rate_points`, `--compare_warmup`, `--tolerance` and `--processes`. It writes
-`sweep.csv`, `sweep.png` and `usable_lr.md` to `output_dir`, one folder per run under `output_dir/runs`.
+`--max_learning_rate`, `--learning_rate_points`, `--depths`, `--warmups`, `--seeds`, `--tolerance` and
+`--processes`. It writes `sweep.csv`, `sweep.png` and `usable_lr.md` to `output_dir`, one folder per run under
+`output_dir/runs`; the same command after a kill trains only the runs that are missing.
 """
 
 import sys
