@@ -51,7 +51,7 @@ DEFAULT_VARIANTS = [
     "post-batchnorm",
 ]
 STABILISER_SUFFIXES = ("", "-deepnorm", "-b2t", "-deepnorm-b2t")
-RUN_RESULT_FILE = "sweep_run.json"  # a finished run's result and recipe, in its folder
+RUN_RESULT_FILE = "run_result.json"  # a finished run's result and recipe, in its folder
 
 
 def variant_config(variant: str, num_hidden_layers: int | None = None) -> dict[str, object]:
@@ -292,7 +292,7 @@ def finished_run(run_dir: Path, recipe: TrainingRecipe) -> SweepRun | None:
 
 def run_one(variant: str, num_hidden_layers: int, recipe: TrainingRecipe) -> SweepRun:
     """One training run of the sweep; its console output goes to `train.log` in its folder, its checkpoints are
-    removed afterwards (the final model, `metrics.jsonl` and the result in `sweep_run.json` stay)."""
+    removed afterwards (the final model, `metrics.jsonl` and the result in `run_result.json` stay)."""
     run_dir = Path(recipe.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
