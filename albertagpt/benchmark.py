@@ -135,6 +135,14 @@ QUICK_SETTINGS = BenchmarkSettings(
 )  # fmt: skip
 
 
+def gpt2_lm_head_model(config: GPT2Config) -> GPT2LMHeadModel:
+    """transformers picks a model's loss by its class name, and `GPT2LMHeadModel` names none: without this it warns
+    (`loss_type=None ... unrecognized`) and falls back to the causal-LM loss, which is the right one."""
+    model = GPT2LMHeadModel(config)
+    model.loss_type = "ForCausalLM"
+    return model
+
+
 def build_model(name: str, shape: BenchmarkShape, attn_implementation: str = "sdpa", seed: int = 0) -> PreTrainedModel:
     """One of `MODEL_NAMES` at `shape`, freshly initialized from `seed`."""
     albert_config = AlbertAGPTConfig(
@@ -167,7 +175,7 @@ def build_model(name: str, shape: BenchmarkShape, attn_implementation: str = "sd
     if name == "albertagpt":
         return AlbertAGPTForCausalLM(albert_config)
     if name == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(**gpt2_shape))
+        return gpt2_lm_head_model(GPT2Config(**gpt2_shape))
     if name == "gpt2_matched":
         matched = GPT2Config(
             **gpt2_shape,
@@ -177,7 +185,7 @@ def build_model(name: str, shape: BenchmarkShape, attn_implementation: str = "sd
             attn_pdrop=albert_config.attention_probs_dropout_prob,
             layer_norm_epsilon=albert_config.layer_norm_eps,
         )
-        return GPT2LMHeadModel(matched)
+        return gpt2_lm_head_model(matched)
     raise ValueError(f"Unknown model name {name!r}; choose one of {MODEL_NAMES}.")
 
 

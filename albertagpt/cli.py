@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 import yaml
 from transformers import HfArgumentParser
 
+from .presets import resolve_preset
+
 Recipe = TypeVar("Recipe")
 
 
@@ -71,9 +73,10 @@ def convert_numbers(recipe_type: type, values: dict[str, Any]) -> dict[str, Any]
 
 
 def read_yaml_recipe(path: str | Path) -> dict:
-    path = Path(path)
+    """The field: value mapping of a recipe file, or of a shipped recipe named by name (`tiny`)."""
+    path = resolve_preset(path, "train")
     if not path.is_file():
-        raise FileNotFoundError(f"Recipe file {str(path)!r} does not exist.")
+        raise FileNotFoundError(f"Recipe file {str(path)!r} is not a file.")
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
         raise ValueError(f"Recipe file {str(path)!r} must hold a mapping of field: value.")
@@ -88,13 +91,24 @@ def load_recipe(recipe_type: type[Recipe], config: str | Path | None = None, **o
     return recipe_type(**convert_numbers(recipe_type, wrap_single_values(recipe_type, {**values, **overrides})))
 
 
-def parse_recipe(recipe_type: type[Recipe], argv: Sequence[str] | None = None, description: str = "") -> Recipe:
+def parse_recipe(
+    recipe_type: type[Recipe], argv: Sequence[str] | None = None, description: str = "", prog: str | None = None
+) -> Recipe:
     """`[--config recipe.yaml] [--field value ...]` -> `recipe_type`; `--help` lists every field."""
     config_parser = argparse.ArgumentParser(add_help=False)
-    config_parser.add_argument("--config", help="YAML file with field: value lines; flags override it.")
+    config_parser.add_argument(
+        "--config", help="YAML file with field: value lines, or a shipped recipe's name (tiny); flags override it."
+    )
     known, rest = config_parser.parse_known_args(argv)
 
-    parser = HfArgumentParser(recipe_type, description=description, parents=[config_parser], allow_abbrev=False)
+    parser = HfArgumentParser(
+        recipe_type,
+        prog=prog,
+        description=description,
+        parents=[config_parser],
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     if known.config is not None:
         values = read_yaml_recipe(known.config)
         check_field_names(recipe_type, list(values), f"recipe file {known.config!r}")

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.tracking import GeneralTracker
-from accelerate.utils import GradientAccumulationPlugin, broadcast_object_list, set_seed
+from accelerate.utils import GradientAccumulationPlugin, broadcast_object_list, extract_model_from_parallel, set_seed
 from datasets import IterableDataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -46,6 +46,7 @@ from .configuration_albertagpt import AlbertAGPTConfig
 from .data import AnyDataset, TextSource, iter_texts, load_text_splits, pack_into_blocks
 from .diagnostics import DiagnosticsRecorder
 from .modeling_albertagpt import AlbertAGPTForCausalLM
+from .presets import resolve_preset
 from .tokenizer import train_tokenizer
 
 try:
@@ -110,8 +111,11 @@ class TrainingRecipe(TextSource):
 
     output_dir: str = field(default="runs/albertagpt", metadata={"help": "Final model, checkpoints, metrics."})
     model_config: str = field(
-        default="configs/model/tiny.json",
-        metadata={"help": "A model config JSON (train from scratch) or a saved model folder (continue from it)."},
+        default="tiny",
+        metadata={
+            "help": "A model config JSON or preset name (train from scratch: tiny, base, large, ...) or a saved "
+            "model folder (continue from it)."
+        },
     )
     tokenizer: str | None = field(
         default=None, metadata={"help": "Tokenizer folder; when absent, one is trained on the training split."}
@@ -510,18 +514,16 @@ def check_gradient_accumulation(accelerator: Accelerator, recipe_steps: int) -> 
 
 
 def read_model_config(model_config: str) -> PreTrainedConfig:
-    """The architecture of a config JSON or of a saved model folder (for checks before anything is built). A JSON
-    file without `model_type` is an AlbertAGPT config; another `model_type` (e.g. `gpt2`, as the quality benchmark
-    trains) is that transformers architecture."""
-    path = Path(model_config)
+    """The architecture of a config JSON, a saved model folder or a preset's name (for checks before anything is
+    built). A JSON file without `model_type` is an AlbertAGPT config; another `model_type` (e.g. `gpt2`, as the
+    quality benchmark trains) is that transformers architecture."""
+    path = resolve_preset(model_config, "model")
     if path.is_dir():
         return AutoConfig.from_pretrained(path)
-    if path.is_file():
-        model_type = json.loads(path.read_text()).get("model_type", AlbertAGPTConfig.model_type)
-        if model_type == AlbertAGPTConfig.model_type:
-            return AlbertAGPTConfig.from_json_file(path)
-        return AutoConfig.for_model(model_type).from_json_file(path)
-    raise FileNotFoundError(f"`model_config` {model_config!r} is neither a config JSON file nor a model folder.")
+    model_type = json.loads(path.read_text()).get("model_type", AlbertAGPTConfig.model_type)
+    if model_type == AlbertAGPTConfig.model_type:
+        return AlbertAGPTConfig.from_json_file(path)
+    return AutoConfig.for_model(model_type).from_json_file(path)
 
 
 def has_tokenizer(folder: str | Path) -> bool:
@@ -580,7 +582,20 @@ def build_model(recipe: TrainingRecipe, tokenizer: PreTrainedTokenizerBase) -> P
     config = type(config).from_dict(values)
     if isinstance(config, AlbertAGPTConfig):
         return AlbertAGPTForCausalLM(config)
-    return AutoModelForCausalLM.from_config(config)  # another architecture through the same loop
+    model = AutoModelForCausalLM.from_config(config)  # another architecture through the same loop
+    model.loss_type = "ForCausalLM"  # a class name that names no loss (`GPT2LMHeadModel`) would warn, then use it
+    return model
+
+
+def drop_tied_weights(models: list[torch.nn.Module], weights: list[dict], output_dir: str) -> None:
+    """`save_state` pre-hook: leave out the copies the model declares tied, as `save_pretrained` does (Accelerate
+    would drop them too, but with a warning that a user cannot act on); loading ties them again. Under FSDP and
+    DeepSpeed `weights` is empty: those engines save the model themselves."""
+    for model, state_dict in zip(models, weights, strict=False):
+        tied = getattr(extract_model_from_parallel(model), "all_tied_weights_keys", None) or {}
+        for key in list(state_dict):  # a wrapper may prefix the keys (`module.` under DDP)
+            if any(key == target or key.endswith(f".{target}") for target in tied):
+                del state_dict[key]
 
 
 def check_weight_tying(model: torch.nn.Module) -> None:
@@ -829,6 +844,7 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
         log_with=[JsonlTracker(output_dir / METRICS_FILE, progress), *trackers],
         project_dir=str(output_dir),
     )
+    accelerator.register_save_state_pre_hook(drop_tied_weights)
     # Set by the recipe or by `accelerate launch`, fp16 on a CPU would train in fp32 without a word.
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise ValueError("`mixed_precision` fp16 needs a GPU; on a CPU use bf16, or no.")

@@ -168,3 +168,10 @@ def test_lengths_beyond_the_positions_are_refused_before_measuring(settings_chan
     with pytest.raises(ValueError, match=match):
         run_benchmark(QUICK_SHAPE, replace(QUICK_SETTINGS, **settings_change), log=measured.append)
     assert measured == []  # nothing was measured (and thrown away) first
+
+
+def test_gpt2_models_name_their_loss() -> None:
+    """transformers finds no loss in the class name `GPT2LMHeadModel` and warns `loss_type=None ... unrecognized` on
+    the first training step unless the model names it."""
+    for name in ("gpt2", "gpt2_matched"):
+        assert build_model(name, QUICK_SHAPE).loss_type == "ForCausalLM"

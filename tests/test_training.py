@@ -672,7 +672,7 @@ def test_numbers_pyyaml_reads_as_text_are_numbers_in_number_fields_only(tmp_path
 def test_recipes_load_and_unknown_fields_are_named(tmp_path):
     tiny = REPO_ROOT / "configs/train/tiny.yaml"
     base = load_recipe(TrainingRecipe, REPO_ROOT / "configs/train/base.yaml")
-    assert (base.model_config, base.resume_from_checkpoint) == ("configs/model/base.json", "latest")
+    assert (base.model_config, base.resume_from_checkpoint) == ("base", "latest")
     for switched_off in ("none", ""):  # the recipe's `latest`, switched off on the command line
         recipe = parse_recipe(TrainingRecipe, ["--config", str(tiny), "--resume_from_checkpoint", switched_off])
         assert recipe.resume_from_checkpoint is None
