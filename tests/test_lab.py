@@ -5,6 +5,7 @@ import json
 import math
 import shutil
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -265,6 +266,15 @@ def test_sweep_runs_the_grid_through_the_training_loop_and_resumes(
     again, _ = run_sweep(recipe)
     assert [Path(run_recipe.output_dir) for run_recipe in trained] == [lost_dir]
     assert repr(again[1:]) == repr(runs[1:]) and again[0].final_eval_loss == pytest.approx(runs[0].final_eval_loss)
+    # An earlier sweep's CSV joins the results: its other depth is added, its copy of a grid point is not.
+    earlier = [replace(runs[0], num_hidden_layers=24), replace(runs[1], final_eval_loss=0.5)]
+    write_csv(earlier, tmp_path / "earlier.csv")
+    trained.clear()
+    merged, merged_ranges = run_sweep(replace(recipe, include_csv=[str(tmp_path / "earlier.csv")]))
+    assert not trained
+    assert repr(merged) == repr([earlier[0], *again])
+    assert repr(read_csv(tmp_path / "sweep.csv")) == repr(merged)
+    assert [r.num_hidden_layers for r in merged_ranges] == [24] + [depth for depth in (2, 4) for _ in variants]
     # A changed recipe trains every run again: its results would not be comparable.
     trained.clear()
     run_sweep(
