@@ -30,26 +30,24 @@ from helpers import (
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
+import albertagpt.checkpointing
 import albertagpt.training
 from albertagpt import AlbertAGPTConfig, AlbertAGPTForCausalLM
 from albertagpt.cli import load_recipe, parse_recipe
 from albertagpt.data import builtin_corpus
 from albertagpt.distributed import FSDP_UNIT_CLASSES
 from albertagpt.tokenizer import train_tokenizer
+from albertagpt.checkpointing import CHECKPOINT_MANIFEST, latest_checkpoint, list_checkpoints, verify_checkpoint
 from albertagpt.training import (
-    CHECKPOINT_MANIFEST,
     TrainingRecipe,
     check_gradient_accumulation,
     check_model_config,
     evaluate,
     held_out_unigram_loss,
-    latest_checkpoint,
-    list_checkpoints,
     parameter_groups,
     read_metrics,
     recipe_changes,
     train,
-    verify_checkpoint,
     warn_about_process_count,
     warn_about_unigram_plateau,
 )
@@ -424,7 +422,7 @@ def test_a_damaged_checkpoint_is_named_before_resuming(workspace, reference_run,
     shutil.copytree(reference_run / "checkpoint-8", checkpoint)
     manifest = json.loads((checkpoint / CHECKPOINT_MANIFEST).read_text())
     assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "tokenizer.json"} <= set(manifest)
-    verify_checkpoint(checkpoint)  # intact
+    verify_checkpoint(checkpoint, Accelerator())  # intact
 
     # A lost RNG state would otherwise resume without a word, and not exactly.
     (checkpoint / "random_states_0.pkl").unlink()
@@ -443,14 +441,14 @@ def test_a_damaged_checkpoint_is_named_before_resuming(workspace, reference_run,
     # A damaged file list is named too.
     (checkpoint / CHECKPOINT_MANIFEST).write_text('{"model.safetensors": {"by')
     with pytest.raises(ValueError, match=r"checkpoint-8 is damaged: its file list checkpoint_files.json is not JSON"):
-        verify_checkpoint(checkpoint)
+        verify_checkpoint(checkpoint, Accelerator())
     # A manifest of an earlier version holds sizes only: those are still checked.
     sizes_only = {name: entry["bytes"] for name, entry in manifest.items()}
     (checkpoint / CHECKPOINT_MANIFEST).write_text(json.dumps(sizes_only))
-    verify_checkpoint(checkpoint)
+    verify_checkpoint(checkpoint, Accelerator())
     weights.write_bytes(intact[:100])
     with pytest.raises(ValueError, match=r"model.safetensors has 100 bytes instead of \d+"):
-        verify_checkpoint(checkpoint)
+        verify_checkpoint(checkpoint, Accelerator())
 
 
 def test_resuming_with_another_recipe_names_what_changed(workspace, reference_run, tmp_path, capsys):
@@ -511,7 +509,7 @@ def test_a_run_killed_in_its_final_evaluation_logs_it_when_resumed(workspace, re
 
     def killed_in_the_final_evaluation(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:  # steps 0 and 4, then the final one, after checkpoint-8 was written
+        if len(calls) == 3:  # steps 0 and 4, then the final one, before checkpoint-8 is written
             raise KeyboardInterrupt("killed during the final evaluation")
         return real_evaluate(*args, **kwargs)
 
@@ -520,7 +518,7 @@ def test_a_run_killed_in_its_final_evaluation_logs_it_when_resumed(workspace, re
     with pytest.raises(KeyboardInterrupt):
         train(make_recipe(workspace, out))
     monkeypatch.undo()
-    assert latest_checkpoint(out) == out / "checkpoint-8"
+    assert latest_checkpoint(out) == out / "checkpoint-4"  # the last checkpoint holds the final evaluation
     # A write cut short (a kill, a full disk) leaves a torn last row; the resumed run drops it.
     with (out / "metrics.jsonl").open("a") as metrics:
         metrics.write('{"step": 8, "eval_loss": 5.9, "perpl')
@@ -547,7 +545,7 @@ def test_a_torn_metrics_row_is_dropped_only_at_the_end(tmp_path):
 
 @pytest.mark.parametrize("failing", ["weights", "file list"])
 def test_a_failed_checkpoint_write_is_named_and_removed(workspace, tmp_path, monkeypatch, failing):
-    real_save_state, real_write_manifest = Accelerator.save_state, albertagpt.training.write_manifest
+    real_save_state, real_write_manifest = Accelerator.save_state, albertagpt.checkpointing.write_manifest
 
     def disk_full_in_the_weights(self, output_dir, **kwargs):
         if output_dir.endswith("checkpoint-8"):
@@ -564,7 +562,7 @@ def test_a_failed_checkpoint_write_is_named_and_removed(workspace, tmp_path, mon
     if failing == "weights":
         monkeypatch.setattr(Accelerator, "save_state", disk_full_in_the_weights)
     else:
-        monkeypatch.setattr(albertagpt.training, "write_manifest", disk_full_in_the_file_list)
+        monkeypatch.setattr(albertagpt.checkpointing, "write_manifest", disk_full_in_the_file_list)
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match=r"Writing checkpoint-8 failed \(.*(unexpected pos|No space).*\); \d+ MiB"):
         train(make_recipe(workspace, out))
