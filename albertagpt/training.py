@@ -656,31 +656,6 @@ def generate_sample(
     return prompt + tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True)
 
 
-def evaluate_and_log(run: "Run", step: int) -> tuple[float, str]:
-    """The held-out loss and a generated sample at `step`, logged and printed; a non-finite loss stops the run."""
-    eval_loss = evaluate(run.model, run.eval_loader, run.accelerator, run.recipe.max_eval_batches)
-    if not math.isfinite(eval_loss):  # an update after the last loss check diverged; sampling would crash
-        raise FloatingPointError(
-            f"Non-finite held-out loss ({eval_loss}) at step {step}: the weights diverged after the last finite "
-            "training loss. Lower `learning_rate`; checkpoints written since that loss hold the diverged weights."
-        )
-    recipe = run.recipe
-    sample = generate_sample(
-        run.model, run.tokenizer, run.accelerator, recipe.sample_prompt, recipe.sample_max_new_tokens, recipe.seed
-    )
-    metrics = {"eval_loss": eval_loss, "perplexity": math.exp(eval_loss), "unigram_loss": run.unigram_loss}
-    run.accelerator.log({**metrics, "sample": sample}, step=step)
-    say(run.accelerator, f"step {step}: held-out loss {eval_loss:.4f}, perplexity {math.exp(eval_loss):.2f}")
-    warn_about_unigram_plateau(run.accelerator, step, eval_loss, run.unigram_loss, recipe)
-    say(run.accelerator, f"sample: {sample!r}")
-    return eval_loss, sample
-
-
-def evaluate_final_model(run: "Run") -> None:
-    """The evaluation at `max_steps`, kept in the progress that the last checkpoint saves."""
-    run.progress.final_eval_loss, run.progress.final_sample = evaluate_and_log(run, run.progress.step)
-
-
 # ------------------------------------------------------------------------------------------------- the run
 
 
@@ -750,6 +725,14 @@ def make_accelerator(recipe: TrainingRecipe, progress: TrainingProgress) -> Acce
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise ValueError("`mixed_precision` fp16 needs a GPU; on a CPU use bf16, or no.")
     return accelerator
+
+
+def tracker_config(recipe: TrainingRecipe) -> dict:
+    """The recipe as hyper-parameters; TensorBoard accepts only scalars and strings."""
+    return {
+        name: value if isinstance(value, int | float | str | bool) else str(value)
+        for name, value in asdict(recipe).items()
+    }
 
 
 def build_run(
@@ -912,6 +895,31 @@ def log_training(run: Run, interval_losses: list[float], interval_seconds: float
     progress_bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_second']:.0f}")
 
 
+def evaluate_and_log(run: Run, step: int) -> tuple[float, str]:
+    """The held-out loss and a generated sample at `step`, logged and printed; a non-finite loss stops the run."""
+    eval_loss = evaluate(run.model, run.eval_loader, run.accelerator, run.recipe.max_eval_batches)
+    if not math.isfinite(eval_loss):  # an update after the last loss check diverged; sampling would crash
+        raise FloatingPointError(
+            f"Non-finite held-out loss ({eval_loss}) at step {step}: the weights diverged after the last finite "
+            "training loss. Lower `learning_rate`; checkpoints written since that loss hold the diverged weights."
+        )
+    recipe = run.recipe
+    sample = generate_sample(
+        run.model, run.tokenizer, run.accelerator, recipe.sample_prompt, recipe.sample_max_new_tokens, recipe.seed
+    )
+    metrics = {"eval_loss": eval_loss, "perplexity": math.exp(eval_loss), "unigram_loss": run.unigram_loss}
+    run.accelerator.log({**metrics, "sample": sample}, step=step)
+    say(run.accelerator, f"step {step}: held-out loss {eval_loss:.4f}, perplexity {math.exp(eval_loss):.2f}")
+    warn_about_unigram_plateau(run.accelerator, step, eval_loss, run.unigram_loss, recipe)
+    say(run.accelerator, f"sample: {sample!r}")
+    return eval_loss, sample
+
+
+def evaluate_final_model(run: Run) -> None:
+    """The evaluation at `max_steps`, kept in the progress that the last checkpoint saves."""
+    run.progress.final_eval_loss, run.progress.final_sample = evaluate_and_log(run, run.progress.step)
+
+
 def finish(run: Run) -> TrainingResult:
     """Saves the final model and tokenizer in `output_dir` and reports the run."""
     accelerator, progress, output_dir = run.accelerator, run.progress, run.output_dir
@@ -946,14 +954,6 @@ def finish(run: Run) -> TrainingResult:
     )
     say(accelerator, f"Generated sample: {result.sample!r}")
     return result
-
-
-def tracker_config(recipe: TrainingRecipe) -> dict:
-    """The recipe as hyper-parameters; TensorBoard accepts only scalars and strings."""
-    return {
-        name: value if isinstance(value, int | float | str | bool) else str(value)
-        for name, value in asdict(recipe).items()
-    }
 
 
 __all__ = [

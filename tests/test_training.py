@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import pytest
@@ -24,21 +24,29 @@ from helpers import (
     free_port,
     reset_accelerate_state,
     run_torchrun,
+    run_without_package,
     subprocess_env,
     tiny_config,
 )
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, get_scheduler
 
 import albertagpt.checkpointing
 import albertagpt.training
 from albertagpt import AlbertAGPTConfig, AlbertAGPTForCausalLM
-from albertagpt.cli import load_recipe, parse_recipe
+from albertagpt.checkpointing import (
+    CHECKPOINT_MANIFEST,
+    latest_checkpoint,
+    list_checkpoints,
+    verify_checkpoint,
+    write_manifest,
+)
+from albertagpt.cli import OnResume, load_recipe, parse_recipe, recipe_field
 from albertagpt.data import builtin_corpus
 from albertagpt.distributed import FSDP_UNIT_CLASSES
 from albertagpt.tokenizer import train_tokenizer
-from albertagpt.checkpointing import CHECKPOINT_MANIFEST, latest_checkpoint, list_checkpoints, verify_checkpoint
 from albertagpt.training import (
+    CONFIG_FIELDS_A_RESUME_MAY_CHANGE,
     TrainingRecipe,
     check_gradient_accumulation,
     check_model_config,
@@ -479,6 +487,140 @@ def test_resuming_with_another_recipe_names_what_changed(workspace, reference_ru
         "The run still matches an uninterrupted one." in printed
     )
     assert max_weight_difference(out, reference_run) <= 1e-6
+
+
+def subclasses(recipe_type: type) -> list[type]:
+    return [sub for child in recipe_type.__subclasses__() for sub in (child, *subclasses(child))]
+
+
+def test_every_recipe_field_declares_what_it_does_on_resume():
+    import albertagpt.lab
+    import albertagpt.quality  # noqa: F401  (their recipes extend TrainingRecipe)
+
+    recipes = [TrainingRecipe, *subclasses(TrainingRecipe)]
+    assert {"SweepRecipe", "QualityRecipe"} <= {recipe.__name__ for recipe in recipes}
+    undeclared = [
+        f"{recipe.__name__}.{item.name}"
+        for recipe in recipes
+        for item in fields(recipe)
+        if not isinstance(item.metadata.get("on_resume"), OnResume)
+    ]
+    assert undeclared == []
+
+    # The comparison reads each field's declaration; a field without one is refused rather than assumed to take effect.
+    @dataclass
+    class Extended(TrainingRecipe):
+        restored_knob: int = recipe_field(0, on_resume=OnResume.RESTORED)
+        reporting_knob: int = recipe_field(0, on_resume=OnResume.REPORTING)
+
+    saved = {**asdict(Extended()), "restored_knob": 1, "reporting_knob": 1}
+    assert recipe_changes(saved, Extended()) == {"restored": ["restored_knob: 1 -> 0"], "applied": []}
+
+    @dataclass
+    class Undeclared(TrainingRecipe):
+        new_knob: int = 0
+
+    with pytest.raises(TypeError, match="`new_knob` declares no `on_resume`"):
+        recipe_changes(asdict(Undeclared()), Undeclared())
+
+
+def test_the_model_config_fields_a_resume_may_change_exist():
+    # Every other field of the config must be the checkpoint's: a misspelt name here would compare a field meant
+    # to change, and a removed one would leave a stale entry.
+    for config_type in (AlbertAGPTConfig, GPT2Config):  # the loop trains both (the quality benchmark trains GPT-2)
+        assert set(CONFIG_FIELDS_A_RESUME_MAY_CHANGE) <= set(config_type.__annotations__), config_type
+
+
+def saved_progress(checkpoint: Path) -> dict:
+    return torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=False)  # registered first
+
+
+def test_checkpoints_keep_the_evaluations_a_run_reports(reference_run):
+    evaluations = [row for row in read_metrics(reference_run / "metrics.jsonl") if "eval_loss" in row]
+    assert [row["step"] for row in evaluations] == [0, 4, 8]
+    middle, last = saved_progress(reference_run / "checkpoint-4"), saved_progress(reference_run / "checkpoint-8")
+    assert middle["initial_eval_loss"] == last["initial_eval_loss"] == evaluations[0]["eval_loss"]
+    assert middle["final_eval_loss"] is None
+    assert (last["step"], last["final_eval_loss"]) == (8, evaluations[-1]["eval_loss"])
+    assert last["final_sample"] == evaluations[-1]["sample"]
+
+
+def predating_the_kept_evaluations(checkpoint: Path) -> None:
+    """Makes `checkpoint` one written before its progress held the evaluations (manifest rewritten to match)."""
+    progress = saved_progress(checkpoint)
+    for name in ("initial_eval_loss", "final_eval_loss", "final_sample"):
+        del progress[name]
+    torch.save(progress, checkpoint / "custom_checkpoint_0.pkl")
+    (checkpoint / CHECKPOINT_MANIFEST).unlink()
+    write_manifest(checkpoint)
+
+
+def test_a_checkpoint_from_before_the_kept_evaluations_resumes(workspace, reference_run, tmp_path):
+    reference_rows = read_metrics(reference_run / "metrics.jsonl")
+    final_row = reference_rows[-1]
+    assert final_row["step"] == 8 and "eval_loss" in final_row
+
+    def without_speed(rows: list[dict]) -> list[dict]:
+        return [{key: value for key, value in row.items() if key != "tokens_per_second"} for row in rows]
+
+    # In the middle of the run: trained to the end, its final evaluation is kept; the initial one is unknown.
+    out = tmp_path / "middle"
+    out.mkdir()
+    shutil.copytree(reference_run / "checkpoint-4", out / "checkpoint-4")
+    predating_the_kept_evaluations(out / "checkpoint-4")
+    shutil.copy(reference_run / "metrics.jsonl", out / "metrics.jsonl")
+    result = train(make_recipe(workspace, out, resume_from_checkpoint="latest"))
+    assert result.initial_eval_loss is None
+    assert result.final_eval_loss == final_row["eval_loss"] and result.sample == final_row["sample"]
+    assert saved_progress(out / "checkpoint-8")["final_eval_loss"] == final_row["eval_loss"]
+    assert without_speed(read_metrics(out / "metrics.jsonl")) == without_speed(reference_rows)
+    assert max_weight_difference(out, reference_run) <= 1e-6
+
+    # At `max_steps`, killed before its final evaluation: resuming evaluates the final model and logs it, once.
+    out = tmp_path / "finished"
+    out.mkdir()
+    shutil.copytree(reference_run / "checkpoint-8", out / "checkpoint-8")
+    predating_the_kept_evaluations(out / "checkpoint-8")
+    (out / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in reference_rows[:-1]))
+    reset_accelerate_state()
+    result = train(make_recipe(workspace, out, resume_from_checkpoint="latest"))
+    assert result.initial_eval_loss is None
+    assert result.final_eval_loss == final_row["eval_loss"] and result.sample == final_row["sample"]
+    assert read_metrics(out / "metrics.jsonl") == reference_rows
+    assert max_weight_difference(out, reference_run) <= 1e-6
+
+
+LOAD_FOLDERS = """
+import torch
+from transformers import AutoModelForCausalLM
+results = {}
+for folder in FOLDERS:
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    ids = torch.arange(3 * 32).reshape(3, 32) * 7 % model.config.vocab_size
+    with torch.no_grad():
+        results[folder] = {"module": type(model).__module__, "logits": model(input_ids=ids).logits.tolist()}
+print(json.dumps(results))
+"""
+
+
+def test_checkpoints_and_the_final_model_carry_their_remote_code(reference_run, tmp_path):
+    folders = [reference_run / "checkpoint-4", reference_run / "checkpoint-8", reference_run]
+    for folder in folders:
+        assert "auto_map" in json.loads((folder / "config.json").read_text())
+        for name in ("configuration_albertagpt.py", "modeling_albertagpt.py"):  # the package's own files
+            assert (folder / name).read_bytes() == (REPO_ROOT / "albertagpt" / name).read_bytes()
+    # The checkpoints are intact with the code: it is written before the file list.
+    manifest = json.loads((reference_run / "checkpoint-8" / CHECKPOINT_MANIFEST).read_text())
+    assert {"configuration_albertagpt.py", "modeling_albertagpt.py"} <= set(manifest)
+
+    code = f"FOLDERS = {json.dumps([str(folder) for folder in folders])}\n" + LOAD_FOLDERS
+    loaded = run_without_package(code, tmp_path / "hub_cache", tmp_path)
+    final_logits = fixed_batch_logits(reference_run)
+    for folder in folders:
+        assert loaded[str(folder)]["module"].startswith("transformers_modules.")  # the folder's code, not the package
+        expected = fixed_batch_logits(folder)
+        assert torch.equal(torch.tensor(loaded[str(folder)]["logits"], dtype=expected.dtype), expected)
+    assert torch.equal(fixed_batch_logits(reference_run / "checkpoint-8"), final_logits)
 
 
 def test_resuming_another_architecture_or_past_max_steps_is_refused(workspace, reference_run, tmp_path):
