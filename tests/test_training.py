@@ -36,8 +36,10 @@ import albertagpt.training
 from albertagpt import AlbertAGPTConfig, AlbertAGPTForCausalLM
 from albertagpt.checkpointing import (
     CHECKPOINT_MANIFEST,
+    checkpoint_problem,
     latest_checkpoint,
     list_checkpoints,
+    share_of_files,
     verify_checkpoint,
     write_manifest,
 )
@@ -315,6 +317,27 @@ def test_two_processes_equal_one_with_the_same_global_batch(workspace, tmp_path)
     assert len(eval_losses[0]) == 3
     torch.testing.assert_close(torch.tensor(eval_losses[1]), torch.tensor(eval_losses[0]), rtol=0, atol=1e-4)
 
+    # Resuming, each process hashes its share of the checkpoint's files; a damaged file in the second process's share
+    # stops both processes, with the same message.
+    checkpoint = tmp_path / "two" / "checkpoint-6"
+    sizes = {
+        name: entry["bytes"] for name, entry in json.loads((checkpoint / CHECKPOINT_MANIFEST).read_text()).items()
+    }
+    shares = [share_of_files(sizes, process, 2) for process in range(2)]
+    assert sorted(shares[0] + shares[1]) == sorted(sizes) and shares[1]
+    damaged = checkpoint / shares[1][0]
+    damaged.write_bytes(damaged.read_bytes()[:-1] + bytes([damaged.read_bytes()[-1] ^ 1]))
+    resumed = subprocess.run(
+        launch + ["scripts/train.py", "--config", str(config), "--resume_from_checkpoint", "latest"],
+        cwd=REPO_ROOT,
+        env={**subprocess_env(tmp_path), "ACCELERATE_USE_CPU": "true"},
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode != 0
+    message = f"checkpoint-6 is damaged: {damaged.name} has other content than when it was written"
+    assert resumed.stderr.count(message) >= 2, resumed.stderr[-3000:]  # raised by each process
+
 
 def test_interrupted_checkpoint_write_is_never_latest(workspace, reference_run, tmp_path, monkeypatch):
     recipe = make_recipe(workspace, tmp_path / "run")
@@ -457,6 +480,25 @@ def test_a_damaged_checkpoint_is_named_before_resuming(workspace, reference_run,
     weights.write_bytes(intact[:100])
     with pytest.raises(ValueError, match=r"model.safetensors has 100 bytes instead of \d+"):
         verify_checkpoint(checkpoint, Accelerator())
+
+
+def test_processes_verifying_a_checkpoint_hash_each_file_once(reference_run, monkeypatch):
+    checkpoint = reference_run / "checkpoint-8"
+    hashed = []
+    real_sha256 = albertagpt.checkpointing.file_sha256
+    monkeypatch.setattr(
+        albertagpt.checkpointing, "file_sha256", lambda path: hashed.append(path.name) or real_sha256(path)
+    )
+    shares = []
+    for process in range(3):
+        assert checkpoint_problem(checkpoint, process, 3) is None
+        shares.append(set(hashed))
+        hashed.clear()
+    assert sorted(name for share in shares for name in share) == sorted(
+        json.loads((checkpoint / CHECKPOINT_MANIFEST).read_text())
+    )
+    sizes = [sum((checkpoint / name).stat().st_size for name in share) for share in shares]
+    assert max(sizes) == (checkpoint / "optimizer.bin").stat().st_size  # the largest file alone; the others share
 
 
 def test_resuming_with_another_recipe_names_what_changed(workspace, reference_run, tmp_path, capsys):
