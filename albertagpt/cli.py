@@ -9,7 +9,7 @@ A field of a training recipe also declares what it does when a run resumes (`OnR
 import argparse
 import copy
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import MISSING, Field, field, fields
 from enum import Enum
 from pathlib import Path
@@ -37,7 +37,7 @@ def recipe_field(
     *,
     on_resume: OnResume,
     help: str | None = None,
-    default_factory: Callable[[], Any] | Any = MISSING,
+    default_factory: Any = MISSING,  # a zero-argument callable
 ) -> Any:
     """A recipe field with its command-line `help` and its behaviour on resume, declared together."""
     metadata = {ON_RESUME: on_resume} if help is None else {ON_RESUME: on_resume, "help": help}
