@@ -3,13 +3,17 @@ from `--field value` overrides on the command line.
 
 Each dataclass field is a flag (transformers' `HfArgumentParser` turns the type hints and `help` metadata
 into argparse options). An unknown field, in the YAML file or on the command line, is an error naming it.
+A field of a training recipe also declares what it does when a run resumes (`OnResume`, see `recipe_field`).
 """
 
 import argparse
+import copy
 import typing
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import MISSING, Field, field, fields
+from enum import Enum
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import yaml
@@ -18,6 +22,42 @@ from transformers import HfArgumentParser
 from .presets import resolve_preset
 
 Recipe = TypeVar("Recipe")
+ON_RESUME = "on_resume"  # the field metadata entry holding a field's `OnResume`
+
+
+class OnResume(str, Enum):
+    """What a recipe field does when a run resumes from a checkpoint written with another value of it."""
+
+    RESTORED = "restored"  # the checkpoint's state overrides it (optimizer hyper-parameters, tokenizer)
+    REPORTING = "reporting"  # changes what the run reports or keeps, not the weights it computes
+    MUST_MATCH = "must_match"  # what it names must be what the checkpoint holds, compared by content
+    TAKES_EFFECT = "takes_effect"  # the resumed run uses the new value and no longer matches an uninterrupted one
+
+
+def recipe_field(
+    default: Any = MISSING,
+    *,
+    on_resume: OnResume,
+    help: str | None = None,
+    default_factory: Any = MISSING,  # a zero-argument callable
+) -> Any:
+    """A recipe field with its command-line `help` and its behaviour on resume, declared together."""
+    metadata = {ON_RESUME: on_resume} if help is None else {ON_RESUME: on_resume, "help": help}
+    return field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def on_resume(item: Field) -> OnResume | None:
+    return item.metadata.get(ON_RESUME)
+
+
+class RecipeParser(HfArgumentParser):
+    """`HfArgumentParser` passes every metadata entry of a field to `add_argument`; `on_resume` is not argparse's."""
+
+    @staticmethod
+    def _parse_dataclass_field(parser: argparse.ArgumentParser, item: Field) -> None:
+        argparse_field = copy.copy(item)  # HfArgumentParser also rewrites the field's type: leave the class's alone
+        argparse_field.metadata = MappingProxyType({k: v for k, v in item.metadata.items() if k != ON_RESUME})
+        HfArgumentParser._parse_dataclass_field(parser, argparse_field)
 
 
 def field_names(recipe_type: type) -> list[str]:
@@ -101,7 +141,7 @@ def parse_recipe(
     )
     known, rest = config_parser.parse_known_args(argv)
 
-    parser = HfArgumentParser(
+    parser = RecipeParser(
         recipe_type,
         prog=prog,
         description=description,
@@ -122,4 +162,4 @@ def parse_recipe(
     return recipe
 
 
-__all__ = ["load_recipe", "parse_recipe"]
+__all__ = ["OnResume", "load_recipe", "parse_recipe", "recipe_field"]

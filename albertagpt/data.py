@@ -8,12 +8,14 @@ tokens (the remainder of each map batch is dropped), so no block needs padding.
 import os
 import sysconfig
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
 from datasets import Dataset, IterableDataset, load_dataset
 from transformers import PreTrainedTokenizerBase
+
+from .cli import OnResume, recipe_field
 
 # `load_dataset` builder for each file extension we read.
 FILE_BUILDERS = {
@@ -79,19 +81,29 @@ def stdlib_sources() -> list[str]:
 class TextSource:
     """Where the text comes from: local files, a Hub data set, or (neither given) the built-in corpus."""
 
-    train_files: list[str] | None = field(
-        default=None, metadata={"help": "Local .txt/.md (one document per paragraph), .json/.jsonl or .parquet files."}
+    # Every field of the source takes effect on resume: other text is other training data.
+    train_files: list[str] | None = recipe_field(
+        None,
+        on_resume=OnResume.TAKES_EFFECT,
+        help="Local .txt/.md (one document per paragraph), .json/.jsonl or .parquet files.",
     )
-    dataset_name: str | None = field(default=None, metadata={"help": "A data set on the Hugging Face Hub."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration name."})
-    text_column: str = field(default="text", metadata={"help": "Column holding the documents."})
-    streaming: bool = field(default=False, metadata={"help": "Read the data lazily instead of preparing it first."})
-    validation_split_percentage: int = field(
-        default=5, metadata={"help": "Held-out share of documents when the source has no validation split."}
+    dataset_name: str | None = recipe_field(
+        None, on_resume=OnResume.TAKES_EFFECT, help="A data set on the Hugging Face Hub."
     )
-    builtin_corpus: str = field(
-        default="docs",
-        metadata={"help": "With neither files nor a data set: docs (Python's documentation) or stdlib (its sources)."},
+    dataset_config_name: str | None = recipe_field(
+        None, on_resume=OnResume.TAKES_EFFECT, help="Its configuration name."
+    )
+    text_column: str = recipe_field("text", on_resume=OnResume.TAKES_EFFECT, help="Column holding the documents.")
+    streaming: bool = recipe_field(
+        False, on_resume=OnResume.TAKES_EFFECT, help="Read the data lazily instead of preparing it first."
+    )
+    validation_split_percentage: int = recipe_field(
+        5, on_resume=OnResume.TAKES_EFFECT, help="Held-out share of documents when the source has no validation split."
+    )
+    builtin_corpus: str = recipe_field(
+        "docs",
+        on_resume=OnResume.TAKES_EFFECT,
+        help="With neither files nor a data set: docs (Python's documentation) or stdlib (its sources).",
     )
 
     def __post_init__(self) -> None:

@@ -26,7 +26,7 @@ import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from itertools import groupby, islice
 from multiprocessing import get_context
 from pathlib import Path
@@ -35,11 +35,13 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from .checkpointing import list_checkpoints
+from .cli import OnResume, recipe_field
 from .configuration_albertagpt import NORM_POSITIONS, NORM_TYPES, deepnorm_settings
 from .data import TextSource, load_text_splits, pack_into_blocks
 from .modeling_albertagpt import AlbertAGPTForCausalLM
 from .tokenizer import TokenizerRecipe, train_tokenizer_from_source
-from .training import METRICS_FILE, TrainingRecipe, list_checkpoints, read_metrics, read_model_config, train
+from .training import METRICS_FILE, TrainingRecipe, read_metrics, read_model_config, train
 
 DEFAULT_VARIANTS = [
     "post-layernorm",
@@ -89,31 +91,41 @@ def variant_config(variant: str, num_hidden_layers: int | None = None) -> dict[s
 class SweepRecipe(TrainingRecipe):
     """A training recipe (every run uses it) plus the grid; `output_dir` holds the sweep's runs and results."""
 
-    variants: list[str] = field(
+    # The grid takes effect: it decides which runs the sweep trains. Each run gets a plain `TrainingRecipe`.
+    variants: list[str] = recipe_field(
         default_factory=lambda: list(DEFAULT_VARIANTS),
-        metadata={"help": "Norm variants: post-layernorm (the architecture), post-layernorm-b2t, pre-rmsnorm, none."},
+        on_resume=OnResume.TAKES_EFFECT,
+        help="Norm variants: post-layernorm (the architecture), post-layernorm-b2t, pre-rmsnorm, none.",
     )
-    depths: list[int] = field(
+    depths: list[int] = recipe_field(
         default_factory=list,
-        metadata={"help": "Layer applications (num_hidden_layers) to sweep; empty: the model config's."},
+        on_resume=OnResume.TAKES_EFFECT,
+        help="Layer applications (num_hidden_layers) to sweep; empty: the model config's.",
     )
-    warmups: list[int] = field(
-        default_factory=list, metadata={"help": "Warm-up lengths (steps) to sweep; empty: the recipe's warmup_steps."}
-    )
-    seeds: list[int] = field(default_factory=list, metadata={"help": "Seeds of every cell; empty: the recipe's seed."})
-    min_learning_rate: float = 3e-4
-    max_learning_rate: float = 1e-1
-    learning_rate_points: int = field(default=6, metadata={"help": "Log-spaced learning rates, both ends included."})
-    tolerance: float = field(
-        default=0.1, metadata={"help": "Usable: mean final loss within this fraction of the best."}
-    )
-    processes: int = field(default=0, metadata={"help": "Runs in parallel, one thread each (0: one per CPU core)."})
-    include_csv: list[str] = field(
+    warmups: list[int] = recipe_field(
         default_factory=list,
-        metadata={
-            "help": "sweep.csv files of earlier sweeps (say, another depth) whose runs join this one's CSV, plot and "
-            "tables; a run this sweep also has is taken from this sweep."
-        },
+        on_resume=OnResume.TAKES_EFFECT,
+        help="Warm-up lengths (steps) to sweep; empty: the recipe's warmup_steps.",
+    )
+    seeds: list[int] = recipe_field(
+        default_factory=list, on_resume=OnResume.TAKES_EFFECT, help="Seeds of every cell; empty: the recipe's seed."
+    )
+    min_learning_rate: float = recipe_field(3e-4, on_resume=OnResume.TAKES_EFFECT)
+    max_learning_rate: float = recipe_field(1e-1, on_resume=OnResume.TAKES_EFFECT)
+    learning_rate_points: int = recipe_field(
+        6, on_resume=OnResume.TAKES_EFFECT, help="Log-spaced learning rates, both ends included."
+    )
+    tolerance: float = recipe_field(
+        0.1, on_resume=OnResume.REPORTING, help="Usable: mean final loss within this fraction of the best."
+    )
+    processes: int = recipe_field(
+        0, on_resume=OnResume.REPORTING, help="Runs in parallel, one thread each (0: one per CPU core)."
+    )
+    include_csv: list[str] = recipe_field(
+        default_factory=list,
+        on_resume=OnResume.REPORTING,
+        help="sweep.csv files of earlier sweeps (say, another depth) whose runs join this one's CSV, plot and "
+        "tables; a run this sweep also has is taken from this sweep.",
     )
 
     def __post_init__(self) -> None:

@@ -20,15 +20,17 @@ import json
 import math
 import shutil
 import statistics
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, PreTrainedConfig
 
 from .benchmark import count_training_flops
+from .checkpointing import list_checkpoints
+from .cli import OnResume, recipe_field
 from .lab import map_in_processes, save_run_result, saved_run_result, shared_tokenizer
-from .training import METRICS_FILE, TrainingRecipe, build_model, list_checkpoints, read_metrics, train
+from .training import METRICS_FILE, TrainingRecipe, build_model, read_metrics, train
 
 COMPARISONS = ("equal_compute", "equal_params")
 
@@ -38,15 +40,26 @@ class QualityRecipe(TrainingRecipe):
     """One training recipe for every run (data, tokenizer, steps, batch, schedule, warm-up) plus the grid;
     `model_config` is AlbertAGPT's, `output_dir` holds the runs and results."""
 
-    learning_rates: list[float] = field(
-        default_factory=lambda: [1e-3, 3e-3, 1e-2], metadata={"help": "Peak learning rates tried for each model."}
+    # The grid takes effect: it decides which runs the benchmark trains. Each run gets a plain `TrainingRecipe`.
+    learning_rates: list[float] = recipe_field(
+        default_factory=lambda: [1e-3, 3e-3, 1e-2],
+        on_resume=OnResume.TAKES_EFFECT,
+        help="Peak learning rates tried for each model.",
     )
-    seeds: list[int] = field(
-        default_factory=lambda: [42, 43], metadata={"help": "The first picks the learning rates; all run the best."}
+    seeds: list[int] = recipe_field(
+        default_factory=lambda: [42, 43],
+        on_resume=OnResume.TAKES_EFFECT,
+        help="The first picks the learning rates; all run the best.",
     )
-    results_file: str = field(default="benchmarks/quality.json", metadata={"help": "Where the runs are written."})
-    plot_file: str = field(default="docs/quality/loss_vs_flops.png", metadata={"help": "Held-out loss vs FLOPs."})
-    processes: int = field(default=0, metadata={"help": "Runs in parallel, one thread each (0: one per CPU core)."})
+    results_file: str = recipe_field(
+        "benchmarks/quality.json", on_resume=OnResume.REPORTING, help="Where the runs are written."
+    )
+    plot_file: str = recipe_field(
+        "docs/quality/loss_vs_flops.png", on_resume=OnResume.REPORTING, help="Held-out loss vs FLOPs."
+    )
+    processes: int = recipe_field(
+        0, on_resume=OnResume.REPORTING, help="Runs in parallel, one thread each (0: one per CPU core)."
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,32 +1,30 @@
 """Pretraining with Accelerate: one loop from one CPU to many GPUs and nodes.
 
-The loop is one visible sequence per optimizer step: `gradient_accumulation_steps` micro-batches
-(forward, backward), a check that the loss is finite, gradient clipping, AdamW step, scheduler step,
-then logging, held-out evaluation with a generated sample, and an atomic checkpoint.
+A run has three steps: `build_run` (data, tokenizer, model, optimizer and schedule, prepared by Accelerate, and the
+checkpoint's state when resuming), `fit` (the loop) and `finish` (the final model and the report). The loop is one
+visible sequence per optimizer step: `gradient_accumulation_steps` micro-batches (forward, backward), a check that
+the loss is finite, gradient clipping, AdamW step, scheduler step, then logging, held-out evaluation with a
+generated sample, and an atomic checkpoint (`albertagpt.checkpointing`).
 
 Resuming is exact: a checkpoint holds Accelerate's state (model, optimizer, every rank's RNG) plus the
 scheduler and the loop's own progress (optimizer steps done, epoch, micro-batches consumed in the
-epoch); the data order is re-created by seeding the sampler per epoch and skipping the consumed
-batches with `skip_first_batches`.
+epoch, and the held-out losses the run reports at its end); the data order is re-created by seeding the sampler
+per epoch and skipping the consumed batches with `skip_first_batches`.
 """
 
 import contextlib
-import hashlib
 import json
 import math
-import os
-import re
-import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import Field, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.tracking import GeneralTracker
-from accelerate.utils import GradientAccumulationPlugin, broadcast_object_list, extract_model_from_parallel, set_seed
+from accelerate.utils import GradientAccumulationPlugin, set_seed
 from datasets import IterableDataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -42,6 +40,18 @@ from transformers import (
     get_scheduler,
 )
 
+from .checkpointing import (
+    CHECKPOINT_MODEL_CONFIG,
+    RECIPE_FILE,
+    drop_tied_weights,
+    exclusive_output_dir,
+    latest_checkpoint,
+    list_checkpoints,
+    save_checkpoint,
+    verify_checkpoint,
+    write_recipe,
+)
+from .cli import OnResume, on_resume, recipe_field
 from .configuration_albertagpt import AlbertAGPTConfig
 from .data import AnyDataset, TextSource, iter_texts, load_text_splits, pack_into_blocks
 from .diagnostics import DiagnosticsRecorder
@@ -49,57 +59,16 @@ from .modeling_albertagpt import AlbertAGPTForCausalLM
 from .presets import resolve_preset
 from .tokenizer import train_tokenizer
 
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
-
-CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
-TEMPORARY_PREFIX = ".tmp-"  # a checkpoint being written; never matches CHECKPOINT_NAME
 METRICS_FILE = "metrics.jsonl"
-RECIPE_FILE = "training_recipe.json"
-CHECKPOINT_MANIFEST = "checkpoint_files.json"  # every file of a checkpoint, its size and SHA-256, written last
-CHECKPOINT_MODEL_CONFIG = "config.json"  # the architecture the checkpoint's weights belong to
-OUTPUT_LOCK = ".train.lock"  # held by the run writing into an output_dir
-# Recipe fields that a resumed run takes from its checkpoint whatever the recipe says: the optimizer's and the
-# scheduler's saved state hold the learning rate, betas and weight decay, and the checkpoint holds the tokenizer.
-RESTORED_FIELDS = (
-    "learning_rate",
-    "adam_beta1",
-    "adam_beta2",
-    "weight_decay",
-    "tokenizer",
-    "vocab_size",
-)
-# Not compared as recipe fields: the model config `model_config` names is compared with the checkpoint's by content
-# (`check_model_config`), since the file behind the same path may change and another path may hold the same one.
-COMPARED_BY_CONTENT_FIELDS = ("model_config",)
-# Model config fields a resumed run may change: the weights come from the checkpoint (so their initialization does
-# not matter) and the token ids and vocabulary from its tokenizer; `use_cache` only concerns inference.
-RESUME_UNCOMPARED_CONFIG_FIELDS = (
-    "initializer_range",
-    "use_cache",
-    "vocab_size",
-    "pad_token_id",
-    "bos_token_id",
-    "eos_token_id",
-)
-# Recipe fields that change only what a run reports or keeps, not the weights it computes: they may change on resume.
-REPORTING_FIELDS = (
-    "output_dir",
-    "resume_from_checkpoint",
-    "logging_steps",
-    "eval_steps",
-    "max_eval_batches",
-    "per_device_eval_batch_size",
-    "checkpointing_steps",
-    "save_total_limit",
-    "report_to",
-    "sample_prompt",
-    "sample_max_new_tokens",
-    "diagnostics",
-    "cpu_threads",
-)
+# Model config fields a resumed run may change, and why; every other field must be the checkpoint's.
+CONFIG_FIELDS_A_RESUME_MAY_CHANGE = {
+    "initializer_range": "the weights come from the checkpoint",
+    "use_cache": "it only concerns inference",
+    "vocab_size": "the checkpoint's tokenizer sets it",
+    "pad_token_id": "the checkpoint's tokenizer sets it",
+    "bos_token_id": "the checkpoint's tokenizer sets it",
+    "eos_token_id": "the checkpoint's tokenizer sets it",
+}
 MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
 # A held-out loss within this many nats of the unigram loss, after warm-up, is the post-LN plateau: warned about.
 UNIGRAM_PLATEAU_MARGIN = 0.05
@@ -107,63 +76,85 @@ UNIGRAM_PLATEAU_MARGIN = 0.05
 
 @dataclass
 class TrainingRecipe(TextSource):
-    """Every field of a `configs/train/*.yaml` recipe; each can be overridden as `--field value`."""
+    """Every field of a `configs/train/*.yaml` recipe; each can be overridden as `--field value`.
 
-    output_dir: str = field(default="runs/albertagpt", metadata={"help": "Final model, checkpoints, metrics."})
-    model_config: str = field(
-        default="tiny",
-        metadata={
-            "help": "A model config JSON or preset name (train from scratch: tiny, base, large, ...) or a saved "
-            "model folder (continue from it)."
-        },
+    Each field declares what it does when a run resumes with another value than its checkpoint was written with
+    (`OnResume`): the checkpoint restores the optimizer's hyper-parameters and the tokenizer, reporting fields may
+    change freely, `model_config` must give the checkpoint's architecture, and any other change takes effect."""
+
+    output_dir: str = recipe_field(
+        "runs/albertagpt", on_resume=OnResume.REPORTING, help="Final model, checkpoints, metrics."
     )
-    tokenizer: str | None = field(
-        default=None, metadata={"help": "Tokenizer folder; when absent, one is trained on the training split."}
+    model_config: str = recipe_field(
+        "tiny",
+        on_resume=OnResume.MUST_MATCH,  # the path may change; the config it gives is compared (`check_model_config`)
+        help="A model config JSON or preset name (train from scratch: tiny, base, large, ...) or a saved model "
+        "folder (continue from it).",
     )
-    vocab_size: int = field(default=8000, metadata={"help": "Vocabulary of the tokenizer trained when none is given."})
-    block_size: int = field(default=128, metadata={"help": "Tokens per training row."})
-    per_device_train_batch_size: int = 16
-    per_device_eval_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-3
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW decay of matrices (not of norms and biases)."})
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Any transformers `SchedulerType`."})
-    warmup_steps: int = 100
-    max_steps: int = 1000
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the global gradient norm (0: no clipping)."})
-    mixed_precision: str | None = field(
-        default=None,
-        metadata={"help": "no, bf16 (also on CPU) or fp16 (GPU only); unset: what `accelerate launch` says (no)."},
+    tokenizer: str | None = recipe_field(
+        None,
+        on_resume=OnResume.RESTORED,
+        help="Tokenizer folder; when absent, one is trained on the training split.",
     )
-    seed: int = 42
-    cpu_threads: int | None = field(
-        default=None, metadata={"help": "torch.set_num_threads for each process; unset: torch's default."}
+    vocab_size: int = recipe_field(
+        8000, on_resume=OnResume.RESTORED, help="Vocabulary of the tokenizer trained when none is given."
     )
-    logging_steps: int = 10
-    eval_steps: int = 200
-    max_eval_batches: int | None = field(
-        default=None, metadata={"help": "Cap on held-out batches per evaluation, in each process."}
+    block_size: int = recipe_field(128, on_resume=OnResume.TAKES_EFFECT, help="Tokens per training row.")
+    per_device_train_batch_size: int = recipe_field(16, on_resume=OnResume.TAKES_EFFECT)
+    per_device_eval_batch_size: int = recipe_field(16, on_resume=OnResume.REPORTING)
+    gradient_accumulation_steps: int = recipe_field(1, on_resume=OnResume.TAKES_EFFECT)
+    # The optimizer's and the scheduler's saved states hold the learning rate, the betas and the weight decay.
+    learning_rate: float = recipe_field(1e-3, on_resume=OnResume.RESTORED)
+    weight_decay: float = recipe_field(
+        0.1, on_resume=OnResume.RESTORED, help="AdamW decay of matrices (not of norms and biases)."
     )
-    checkpointing_steps: int = 500
-    save_total_limit: int | None = field(default=2, metadata={"help": "Keep only the newest N checkpoints."})
-    report_to: list[str] = field(
+    adam_beta1: float = recipe_field(0.9, on_resume=OnResume.RESTORED)
+    adam_beta2: float = recipe_field(0.95, on_resume=OnResume.RESTORED)
+    lr_scheduler_type: str = recipe_field(
+        "cosine", on_resume=OnResume.TAKES_EFFECT, help="Any transformers `SchedulerType`."
+    )
+    warmup_steps: int = recipe_field(100, on_resume=OnResume.TAKES_EFFECT)
+    max_steps: int = recipe_field(1000, on_resume=OnResume.TAKES_EFFECT)
+    max_grad_norm: float = recipe_field(
+        1.0, on_resume=OnResume.TAKES_EFFECT, help="Clip the global gradient norm (0: no clipping)."
+    )
+    mixed_precision: str | None = recipe_field(
+        None,
+        on_resume=OnResume.TAKES_EFFECT,
+        help="no, bf16 (also on CPU) or fp16 (GPU only); unset: what `accelerate launch` says (no).",
+    )
+    seed: int = recipe_field(42, on_resume=OnResume.TAKES_EFFECT)
+    cpu_threads: int | None = recipe_field(
+        None, on_resume=OnResume.REPORTING, help="torch.set_num_threads for each process; unset: torch's default."
+    )
+    logging_steps: int = recipe_field(10, on_resume=OnResume.REPORTING)
+    eval_steps: int = recipe_field(200, on_resume=OnResume.REPORTING)
+    max_eval_batches: int | None = recipe_field(
+        None, on_resume=OnResume.REPORTING, help="Cap on held-out batches per evaluation, in each process."
+    )
+    checkpointing_steps: int = recipe_field(500, on_resume=OnResume.REPORTING)
+    save_total_limit: int | None = recipe_field(
+        2, on_resume=OnResume.REPORTING, help="Keep only the newest N checkpoints."
+    )
+    report_to: list[str] = recipe_field(
         default_factory=lambda: ["tensorboard"],
-        metadata={"help": "Accelerate trackers besides metrics.jsonl (tensorboard, wandb, ...) or none."},
+        on_resume=OnResume.REPORTING,
+        help="Accelerate trackers besides metrics.jsonl (tensorboard, wandb, ...) or none.",
     )
-    resume_from_checkpoint: str | None = field(
-        default=None,
-        metadata={"help": "A checkpoint folder, `latest` (the newest one in output_dir, if any) or `none`."},
+    resume_from_checkpoint: str | None = recipe_field(
+        None,
+        on_resume=OnResume.REPORTING,
+        help="A checkpoint folder, `latest` (the newest one in output_dir, if any) or `none`.",
     )
-    sample_prompt: str = field(default="", metadata={"help": "Start of the sample generated at each evaluation."})
-    sample_max_new_tokens: int = 64
-    diagnostics: bool = field(
-        default=False,
-        metadata={
-            "help": "At every logging step, also log per-layer-application gradient norms, activation RMS around "
-            "each norm and update-to-weight ratios (albertagpt.diagnostics)."
-        },
+    sample_prompt: str = recipe_field(
+        "", on_resume=OnResume.REPORTING, help="Start of the sample generated at each evaluation."
+    )
+    sample_max_new_tokens: int = recipe_field(64, on_resume=OnResume.REPORTING)
+    diagnostics: bool = recipe_field(
+        False,
+        on_resume=OnResume.REPORTING,
+        help="At every logging step, also log per-layer-application gradient norms, activation RMS around "
+        "each norm and update-to-weight ratios (albertagpt.diagnostics).",
     )
 
     def __post_init__(self) -> None:
@@ -203,17 +194,21 @@ class TrainingRecipe(TextSource):
 
 @dataclass
 class TrainingProgress:
-    """The loop's own state, saved in every checkpoint (`accelerator.step` counts micro-batches and is not saved)."""
+    """The loop's own state, saved in every checkpoint (`accelerator.step` counts micro-batches and is not saved),
+    with the held-out evaluations a run reports at its end: a resumed run neither repeats nor re-reads them."""
 
     step: int = 0  # optimizer steps done
     epoch: int = 0
     batches_in_epoch: int = 0  # micro-batches of `epoch` consumed on this process
+    initial_eval_loss: float | None = None  # at step 0 (None: resumed from a checkpoint written before it was kept)
+    final_eval_loss: float | None = None  # at `max_steps`, evaluated before the last checkpoint is written
+    final_sample: str = ""  # generated with the final evaluation
 
-    def state_dict(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        for name, value in state.items():
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():  # an older checkpoint lacks the evaluations: they keep their defaults
             setattr(self, name, value)
 
 
@@ -222,7 +217,7 @@ class TrainingResult:
     output_dir: Path
     model: AlbertAGPTForCausalLM
     tokenizer: PreTrainedTokenizerBase
-    initial_eval_loss: float | None  # when resumed, what the first run logged at step 0 (None if not found)
+    initial_eval_loss: float | None  # None when resumed from a checkpoint that does not hold it
     final_eval_loss: float
     sample: str
 
@@ -283,21 +278,7 @@ def read_metrics(path: str | Path) -> list[dict]:
     return rows
 
 
-# ----------------------------------------------------------------------------------------------- checkpoints
-
-
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Finished `checkpoint-<step>` folders, oldest first; temporary folders of an interrupted write never match."""
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
-        return []
-    found = [(int(match[1]), path) for path in output_dir.iterdir() if (match := CHECKPOINT_NAME.match(path.name))]
-    return [path for _, path in sorted(found) if path.is_dir()]
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    checkpoints = list_checkpoints(output_dir)
-    return checkpoints[-1] if checkpoints else None
+# -------------------------------------------------------------------------------------------------- resuming
 
 
 def resolve_checkpoint(recipe: TrainingRecipe) -> Path | None:
@@ -311,128 +292,35 @@ def resolve_checkpoint(recipe: TrainingRecipe) -> Path | None:
             )
         return None
     if recipe.resume_from_checkpoint == "latest":
-        latest = latest_checkpoint(recipe.output_dir)
-        if latest is not None:
-            verify_checkpoint(latest)
-        return latest
+        return latest_checkpoint(recipe.output_dir)
     path = Path(recipe.resume_from_checkpoint)
     if not path.is_dir():
         raise FileNotFoundError(f"`resume_from_checkpoint` {str(path)!r} is not a checkpoint folder.")
-    verify_checkpoint(path)
     return path
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(2**24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_manifest(folder: Path) -> None:
-    files = [path for path in sorted(folder.rglob("*")) if path.is_file()]
-    entries = {
-        str(path.relative_to(folder)): {"bytes": path.stat().st_size, "sha256": file_sha256(path)} for path in files
-    }
-    (folder / CHECKPOINT_MANIFEST).write_text(json.dumps(entries, indent=2) + "\n")
-
-
-def verify_checkpoint(folder: Path) -> None:
-    """Checks that every file the checkpoint was written with is there, at its size and with its SHA-256. A deleted,
-    truncated or altered file is named here instead of failing deep inside `load_state` or, for a rank's RNG state or
-    altered weights, not failing at all (the run would resume, but not exactly). Checkpoints written before the
-    manifest existed are not checked, and those whose manifest holds sizes only are checked for sizes."""
-    problem = checkpoint_problem(folder)
-    if problem is not None:
-        raise ValueError(
-            f"Checkpoint {folder} is damaged: {problem}. Resume from an earlier checkpoint "
-            "(`--resume_from_checkpoint <folder>`, or delete this one and use `latest`) or start a new run."
-        )
-
-
-def checkpoint_problem(folder: Path) -> str | None:
-    """What `verify_checkpoint` finds wrong with the files of `folder`, or None."""
-    manifest = folder / CHECKPOINT_MANIFEST
-    if not manifest.is_file():
-        return None
-    try:
-        entries = json.loads(manifest.read_text())
-    except json.JSONDecodeError as error:
-        return f"its file list {CHECKPOINT_MANIFEST} is not JSON ({error})"
-    for name, entry in entries.items():
-        path = folder / name
-        size, sha256 = (entry, None) if isinstance(entry, int) else (entry["bytes"], entry["sha256"])
-        if not path.is_file():
-            return f"{name} is missing"
-        if path.stat().st_size != size:
-            return f"{name} has {path.stat().st_size} bytes instead of {size}"
-        if sha256 is not None and file_sha256(path) != sha256:
-            return f"{name} has other content than when it was written (SHA-256 differs)"
-    return None
-
-
-def write_recipe(recipe: TrainingRecipe, folder: Path) -> None:
-    (folder / RECIPE_FILE).write_text(json.dumps(asdict(recipe), indent=2) + "\n")
-
-
-def save_checkpoint(
-    accelerator: Accelerator,
-    output_dir: Path,
-    step: int,
-    tokenizer: PreTrainedTokenizerBase,
-    recipe: TrainingRecipe,
-    config: PreTrainedConfig,
-) -> Path:
-    """Writes `checkpoint-<step>` atomically: everything goes into a temporary folder that is then renamed.
-
-    A process killed during the write leaves only the temporary folder, which `latest` ignores and the
-    next save of that step replaces. A write that fails (a full disk) removes it and says so.
-    """
-    final = output_dir / f"checkpoint-{step}"
-    temporary = output_dir / f"{TEMPORARY_PREFIX}{final.name}"
-    if accelerator.is_main_process and temporary.exists():
-        shutil.rmtree(temporary)
-    accelerator.wait_for_everyone()
-    try:
-        accelerator.save_state(str(temporary))  # every rank writes its own RNG state into it
-        accelerator.wait_for_everyone()  # all ranks' files are in place before the manifest lists them
-        if accelerator.is_main_process:
-            tokenizer.save_pretrained(temporary)
-            # What a resumed run compares its model config and its recipe with; every field, defaults included.
-            config.to_json_file(temporary / CHECKPOINT_MODEL_CONFIG, use_diff=False)
-            write_recipe(recipe, temporary)
-            write_manifest(temporary)
-    except Exception as error:  # torch reports a full disk as "unexpected pos ..." without naming it
-        shutil.rmtree(temporary, ignore_errors=True)
-        free_mib = shutil.disk_usage(output_dir).free / 2**20
-        raise RuntimeError(
-            f"Writing {final.name} failed ({error}); {free_mib:.0f} MiB are free on the disk of {output_dir}. The "
-            "earlier checkpoints are intact: free space, then resume with `--resume_from_checkpoint latest`."
-        ) from error
-    if accelerator.is_main_process:
-        if final.exists():  # resumed from an earlier checkpoint, this step is reached again
-            shutil.rmtree(final)
-        os.replace(temporary, final)
-        if recipe.save_total_limit is not None:
-            for old in list_checkpoints(output_dir)[: -recipe.save_total_limit]:
-                shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    return final
-
-
-# -------------------------------------------------------------------------------------------------- set-up
+def resume_policy(item: Field) -> OnResume:
+    """What a recipe field does on resume, as its declaration says (`recipe_field(..., on_resume=...)`)."""
+    policy = on_resume(item)
+    if policy is None:
+        raise TypeError(f"Recipe field `{item.name}` declares no `on_resume`: declare it with `recipe_field`.")
+    return policy
 
 
 def recipe_changes(saved: Mapping[str, Any], recipe: TrainingRecipe) -> dict[str, list[str]]:
-    """`field: old -> new` for every field outside `REPORTING_FIELDS` that differs from the saved recipe, split into
-    those the checkpoint overrides (`"restored"`, see `RESTORED_FIELDS`) and those that take effect (`"applied"`)."""
+    """`field: old -> new` for every field that differs from the saved recipe, split into those the checkpoint
+    overrides (`"restored"`) and those that take effect (`"applied"`). Reporting fields may change, and what
+    `model_config` gives is compared by content (`check_model_config`), not by its path."""
     changes = {"restored": [], "applied": []}
-    for name, value in asdict(recipe).items():
-        if name in saved and name not in REPORTING_FIELDS + COMPARED_BY_CONTENT_FIELDS and saved[name] != value:
-            changes["restored" if name in RESTORED_FIELDS else "applied"].append(
-                f"{name}: {saved[name]!r} -> {value!r}"
-            )
+    values = asdict(recipe)
+    for item in fields(recipe):
+        policy = resume_policy(item)
+        name = item.name
+        if policy in (OnResume.REPORTING, OnResume.MUST_MATCH) or name not in saved or saved[name] == values[name]:
+            continue
+        changes["restored" if policy is OnResume.RESTORED else "applied"].append(
+            f"{name}: {saved[name]!r} -> {values[name]!r}"
+        )
     return changes
 
 
@@ -459,13 +347,13 @@ def warn_about_recipe_changes(accelerator: Accelerator, saved_recipe: Path, reci
 def check_model_config(checkpoint: Path, config: PreTrainedConfig) -> None:
     """A checkpoint resumes the model it was written with. Another config could load weights of the same shapes (a
     shared block applied more often) and silently train a different model, or fail deep inside `load_state_dict`.
-    Not compared: `RESUME_UNCOMPARED_CONFIG_FIELDS`. Checkpoints written before they held their config are not
+    Not compared: `CONFIG_FIELDS_A_RESUME_MAY_CHANGE`. Checkpoints written before they held their config are not
     compared."""
     saved_path = checkpoint / CHECKPOINT_MODEL_CONFIG
     if not saved_path.is_file():
         return
     saved = type(config).from_json_file(saved_path)  # fields the file lacks take their defaults
-    compared = [name for name in type(config).__annotations__ if name not in RESUME_UNCOMPARED_CONFIG_FIELDS]
+    compared = [name for name in type(config).__annotations__ if name not in CONFIG_FIELDS_A_RESUME_MAY_CHANGE]
     changed = [
         f"{name}: {getattr(saved, name)!r} -> {getattr(config, name)!r}"
         for name in compared
@@ -585,17 +473,6 @@ def build_model(recipe: TrainingRecipe, tokenizer: PreTrainedTokenizerBase) -> P
     model = AutoModelForCausalLM.from_config(config)  # another architecture through the same loop
     model.loss_type = "ForCausalLM"  # a class name that names no loss (`GPT2LMHeadModel`) would warn, then use it
     return model
-
-
-def drop_tied_weights(models: list[torch.nn.Module], weights: list[dict], output_dir: str) -> None:
-    """`save_state` pre-hook: leave out the copies the model declares tied, as `save_pretrained` does (Accelerate
-    would drop them too, but with a warning that a user cannot act on); loading ties them again. Under FSDP and
-    DeepSpeed `weights` is empty: those engines save the model themselves."""
-    for model, state_dict in zip(models, weights, strict=False):
-        tied = getattr(extract_model_from_parallel(model), "all_tied_weights_keys", None) or {}
-        for key in list(state_dict):  # a wrapper may prefix the keys (`module.` under DDP)
-            if any(key == target or key.endswith(f".{target}") for target in tied):
-                del state_dict[key]
 
 
 def check_weight_tying(model: torch.nn.Module) -> None:
@@ -782,43 +659,38 @@ def generate_sample(
     return prompt + tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True)
 
 
-# ------------------------------------------------------------------------------------------------- the loop
+# ------------------------------------------------------------------------------------------------- the run
 
 
-@contextlib.contextmanager
-def exclusive_output_dir(output_dir: Path, accelerator: Accelerator) -> Iterator[None]:
-    """Two runs writing into one `output_dir` would interleave their metrics and overwrite each other's checkpoints:
-    the main process holds a lock on `output_dir/.train.lock` for the run (the system releases it when the process
-    ends, even by SIGKILL), and every process stops when another run holds it. Without `fcntl` (Windows), or on a
-    file system without `flock`, the run goes on unlocked."""
-    with contextlib.ExitStack() as held:
-        refusal = lock_output_dir(output_dir, held) if accelerator.is_main_process else None
-        refusal = broadcast_object_list([refusal])[0]  # every rank stops, not only the main one
-        if refusal is not None:
-            raise RuntimeError(refusal)
-        yield
+@dataclass
+class Run:
+    """What the steps of a run share once `build_run` has prepared it."""
 
+    recipe: TrainingRecipe
+    accelerator: Accelerator
+    progress: TrainingProgress  # registered for checkpointing, with the scheduler
+    tokenizer: PreTrainedTokenizerBase
+    model: torch.nn.Module  # as `accelerator.prepare` wrapped it
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: DataLoader
+    eval_loader: DataLoader
+    unigram_loss: float  # of the held-out tokens: where a model that learned token frequencies only stays
+    recorder: DiagnosticsRecorder | None  # `--diagnostics true`
 
-def lock_output_dir(output_dir: Path, held: contextlib.ExitStack) -> str | None:
-    """Takes the lock of `output_dir` until `held` closes; returns why it cannot, or None."""
-    if fcntl is None:
-        return None
-    lock = held.enter_context((output_dir / OUTPUT_LOCK).open("w"))
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return (
-            f"Another run is writing into `output_dir` {str(output_dir)!r} (it holds {OUTPUT_LOCK}): wait for it to "
-            "end, or choose another `output_dir`."
-        )
-    except OSError as error:  # e.g. Lustre mounted without flock, some FUSE file systems
-        tqdm.write(f"Warning: cannot lock {output_dir} ({error}); nothing stops a second run from writing into it.")
-    return None
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.recipe.output_dir)
+
+    @property
+    def unwrapped_model(self) -> PreTrainedModel:
+        return self.accelerator.unwrap_model(self.model)
 
 
 def train(recipe: TrainingRecipe) -> TrainingResult:
     """Runs (or resumes) a pretraining run and saves the final model and tokenizer in `recipe.output_dir`: checks
-    the recipe, finds the checkpoint to resume from, sets up Accelerate and, holding `output_dir`, runs the loop."""
+    the recipe, finds the checkpoint to resume from, sets up Accelerate and, holding `output_dir`, checks the
+    checkpoint, then builds, fits and finishes the run."""
     output_dir = Path(recipe.output_dir)
     model_config = read_model_config(recipe.model_config)
     if recipe.block_size > model_config.max_position_embeddings:
@@ -827,204 +699,36 @@ def train(recipe: TrainingRecipe) -> TrainingResult:
             f"({model_config.max_position_embeddings})."
         )
     checkpoint = resolve_checkpoint(recipe)
-    if checkpoint is not None:
-        check_model_config(checkpoint, model_config)  # before any data or model is prepared
     output_dir.mkdir(parents=True, exist_ok=True)
     if recipe.cpu_threads is not None:
         torch.set_num_threads(recipe.cpu_threads)
-
-    trackers = [name for name in recipe.report_to if name != "none"]
     progress = TrainingProgress()
+    accelerator = make_accelerator(recipe, progress)
+    with exclusive_output_dir(output_dir, accelerator):
+        if checkpoint is not None:  # before any data or model is prepared
+            verify_checkpoint(checkpoint, accelerator)
+            check_model_config(checkpoint, model_config)
+        run = build_run(recipe, accelerator, progress, checkpoint)
+        fit(run)
+        return finish(run)
+
+
+def make_accelerator(recipe: TrainingRecipe, progress: TrainingProgress) -> Accelerator:
+    trackers = [name for name in recipe.report_to if name != "none"]
     accelerator = Accelerator(
         mixed_precision=recipe.mixed_precision,
         gradient_accumulation_plugin=GradientAccumulationPlugin(
             num_steps=recipe.gradient_accumulation_steps, sync_with_dataloader=False
         ),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=recipe.seed),
-        log_with=[JsonlTracker(output_dir / METRICS_FILE, progress), *trackers],
-        project_dir=str(output_dir),
+        log_with=[JsonlTracker(Path(recipe.output_dir) / METRICS_FILE, progress), *trackers],
+        project_dir=recipe.output_dir,
     )
     accelerator.register_save_state_pre_hook(drop_tied_weights)
     # Set by the recipe or by `accelerate launch`, fp16 on a CPU would train in fp32 without a word.
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise ValueError("`mixed_precision` fp16 needs a GPU; on a CPU use bf16, or no.")
-    with exclusive_output_dir(output_dir, accelerator):
-        return run_training(recipe, accelerator, progress, checkpoint)
-
-
-def run_training(
-    recipe: TrainingRecipe, accelerator: Accelerator, progress: TrainingProgress, checkpoint: Path | None
-) -> TrainingResult:
-    """The loop of `train`: tokenizer, model, data, optimizer, then steps, evaluations and checkpoints until
-    `max_steps`."""
-    output_dir = Path(recipe.output_dir)
-    with accelerator.main_process_first():  # the main process fills the `datasets` cache, the others reuse it
-        splits = load_text_splits(recipe)
-    tokenizer = prepare_tokenizer(recipe, accelerator, checkpoint, splits["train"])
-    set_seed(recipe.seed)  # the same initial weights on every process and in every run of this recipe
-    model = build_model(recipe, tokenizer)
-    check_sample_prompt(tokenizer, recipe.sample_prompt, model.config.max_position_embeddings)  # before packing
-    with accelerator.main_process_first():
-        train_blocks = pack_into_blocks(splits["train"], tokenizer, recipe.block_size, recipe.text_column)
-        eval_blocks = pack_into_blocks(splits["validation"], tokenizer, recipe.block_size, recipe.text_column)
-
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, recipe.weight_decay),
-        lr=recipe.learning_rate,
-        betas=(recipe.adam_beta1, recipe.adam_beta2),
-    )
-    # Kept out of `prepare`, which would step it once per process; it steps once per optimizer step.
-    scheduler = get_scheduler(
-        recipe.lr_scheduler_type, optimizer, num_warmup_steps=recipe.warmup_steps, num_training_steps=recipe.max_steps
-    )
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
-    train_loader = make_dataloader(train_blocks, recipe.per_device_train_batch_size, collator, recipe.seed, True)
-    eval_loader = make_dataloader(eval_blocks, recipe.per_device_eval_batch_size, collator, recipe.seed, False)
-    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-    check_gradient_accumulation(accelerator, recipe.gradient_accumulation_steps)
-    check_weight_tying(accelerator.unwrap_model(model))
-    recorder = DiagnosticsRecorder(accelerator.unwrap_model(model), optimizer) if recipe.diagnostics else None
-
-    accelerator.register_for_checkpointing(progress, scheduler)
-    if checkpoint is not None:
-        say(accelerator, f"Resuming from {checkpoint}")
-        warn_about_recipe_changes(accelerator, checkpoint / RECIPE_FILE, recipe)
-        warn_about_process_count(accelerator, checkpoint)
-        try:
-            accelerator.load_state(str(checkpoint))
-        except Exception as error:  # a file of the right size but unreadable content
-            raise RuntimeError(f"Could not load checkpoint {checkpoint}: {error}") from error
-        check_resumed_step(checkpoint, progress.step, recipe.max_steps)
-    if accelerator.is_main_process:
-        write_recipe(recipe, output_dir)
-    accelerator.init_trackers("tensorboard", config=tracker_config(recipe))
-
-    unigram_loss = held_out_unigram_loss(
-        eval_loader, accelerator, recipe.max_eval_batches, accelerator.unwrap_model(model).config.vocab_size
-    )
-
-    def evaluate_and_log(step: int, log: bool = True) -> tuple[float, str]:
-        eval_loss = evaluate(model, eval_loader, accelerator, recipe.max_eval_batches)
-        if not math.isfinite(eval_loss):  # an update after the last loss check diverged; sampling would crash
-            raise FloatingPointError(
-                f"Non-finite held-out loss ({eval_loss}) at step {step}: the weights diverged after the last finite "
-                "training loss. Lower `learning_rate`; checkpoints written since that loss hold the diverged weights."
-            )
-        sample = generate_sample(
-            model, tokenizer, accelerator, recipe.sample_prompt, recipe.sample_max_new_tokens, recipe.seed
-        )
-        if log:
-            metrics = {"eval_loss": eval_loss, "perplexity": math.exp(eval_loss), "unigram_loss": unigram_loss}
-            accelerator.log({**metrics, "sample": sample}, step=step)
-        say(accelerator, f"step {step}: held-out loss {eval_loss:.4f}, perplexity {math.exp(eval_loss):.2f}")
-        warn_about_unigram_plateau(accelerator, step, eval_loss, unigram_loss, recipe)
-        say(accelerator, f"sample: {sample!r}")
-        return eval_loss, sample
-
-    initial_eval_loss = None
-    if checkpoint is None:
-        initial_eval_loss, _ = evaluate_and_log(0)
-
-    tokens_per_step = (
-        recipe.per_device_train_batch_size
-        * recipe.gradient_accumulation_steps
-        * accelerator.num_processes
-        * recipe.block_size
-    )
-    batches = micro_batches(train_loader, accelerator, progress)
-    progress_bar = tqdm(
-        total=recipe.max_steps, initial=progress.step, desc="training", disable=not accelerator.is_main_process
-    )
-    interval_losses, interval_seconds = [], 0.0
-    model.train()
-    while progress.step < recipe.max_steps:
-        step = progress.step + 1
-        step_start = time.perf_counter()
-        logging_step = step % recipe.logging_steps == 0 or step == recipe.max_steps
-        if recorder is not None and logging_step:
-            recorder.start()  # hooks record this step's forward, backward and optimizer step
-        step_loss = torch.zeros((), device=accelerator.device)
-        for _ in range(recipe.gradient_accumulation_steps):
-            # Accelerate skips the gradient all-reduce on all but the last micro-batch of the step and
-            # divides the loss by `gradient_accumulation_steps` in `backward`.
-            with accelerator.accumulate(model):
-                loss = model(**next(batches), use_cache=False).loss  # a KV cache would only hold memory
-                step_loss += loss.detach().float() / recipe.gradient_accumulation_steps
-                accelerator.backward(loss)
-        loss_value = accelerator.reduce(step_loss, reduction="mean").item()
-        if not math.isfinite(loss_value):
-            last_good = latest_checkpoint(output_dir)
-            kept = (
-                "No checkpoint was written yet"
-                if last_good is None
-                else f"The last good checkpoint, untouched, is {last_good}"
-            )
-            raise FloatingPointError(
-                f"Non-finite training loss ({loss_value}) at step {step}: stopped before updating the weights. "
-                f"{kept}; lower `learning_rate` or check the data."
-            )
-        if recipe.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        progress.step = step
-        progress_bar.update(1)
-        interval_losses.append(loss_value)
-        interval_seconds += time.perf_counter() - step_start  # evaluation and saving do not count against tokens/s
-
-        if logging_step:
-            metrics = {
-                "loss": sum(interval_losses) / len(interval_losses),
-                "learning_rate": scheduler.get_last_lr()[0],
-                "tokens_per_second": len(interval_losses) * tokens_per_step / interval_seconds,
-                "epoch": progress.epoch,
-            }
-            if recorder is not None:
-                metrics.update(recorder.collect().to_metrics())
-            accelerator.log(metrics, step=step)
-            progress_bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_second']:.0f}")
-            interval_losses, interval_seconds = [], 0.0
-        if step % recipe.eval_steps == 0 and step != recipe.max_steps:
-            evaluate_and_log(step)
-        if step % recipe.checkpointing_steps == 0 or step == recipe.max_steps:
-            save_checkpoint(accelerator, output_dir, step, tokenizer, recipe, accelerator.unwrap_model(model).config)
-    progress_bar.close()
-
-    # Logged unless already in metrics.jsonl: a run resumed at its last step may have been killed before or after
-    # its final evaluation (the tracker keeps rows up to the resumed step only, so a run that trained has none).
-    final_logged = any(
-        row["step"] == progress.step and "eval_loss" in row for row in read_metrics(output_dir / METRICS_FILE)
-    )
-    final_eval_loss, sample = evaluate_and_log(progress.step, log=not final_logged)
-    unwrapped = accelerator.unwrap_model(model)
-    unwrapped.save_pretrained(
-        output_dir,
-        is_main_process=accelerator.is_main_process,
-        save_function=accelerator.save,
-        state_dict=accelerator.get_state_dict(model),
-    )
-    if accelerator.is_main_process:
-        # Saved with the model, `truncation=True` stops where the learned positions end. Only here: checkpoints keep
-        # the tokenizer the run started with, so that a resumed run tokenizes alike and reuses the `datasets` cache.
-        tokenizer.model_max_length = unwrapped.config.max_position_embeddings
-        tokenizer.save_pretrained(output_dir)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-
-    if initial_eval_loss is None:  # resumed: the run's first evaluation is in its metrics
-        initial_eval_loss = next(
-            (row["eval_loss"] for row in read_metrics(output_dir / METRICS_FILE) if row["step"] == 0), None
-        )
-    before = "?" if initial_eval_loss is None else f"{math.exp(initial_eval_loss):.2f}"
-    after = f"{math.exp(final_eval_loss):.2f}"
-    say(accelerator, f"Held-out perplexity: {before} before training -> {after} after {progress.step} steps")
-    say(
-        accelerator,
-        f"Model and tokenizer saved to {output_dir} (AutoModelForCausalLM / AutoTokenizer.from_pretrained)",
-    )
-    say(accelerator, f"Generated sample: {sample!r}")
-    return TrainingResult(output_dir, unwrapped, tokenizer, initial_eval_loss, final_eval_loss, sample)
+    return accelerator
 
 
 def tracker_config(recipe: TrainingRecipe) -> dict:
@@ -1035,14 +739,232 @@ def tracker_config(recipe: TrainingRecipe) -> dict:
     }
 
 
+def build_run(
+    recipe: TrainingRecipe, accelerator: Accelerator, progress: TrainingProgress, checkpoint: Path | None
+) -> Run:
+    """Tokenizer, model, data, optimizer and schedule, prepared by Accelerate; then the checkpoint's state, the
+    trackers, and the unigram loss of the held-out tokens."""
+    with accelerator.main_process_first():  # the main process fills the `datasets` cache, the others reuse it
+        splits = load_text_splits(recipe)
+    tokenizer = prepare_tokenizer(recipe, accelerator, checkpoint, splits["train"])
+    set_seed(recipe.seed)  # the same initial weights on every process and in every run of this recipe
+    model = build_model(recipe, tokenizer)
+    check_sample_prompt(tokenizer, recipe.sample_prompt, model.config.max_position_embeddings)  # before packing
+    with accelerator.main_process_first():
+        train_blocks = pack_into_blocks(splits["train"], tokenizer, recipe.block_size, recipe.text_column)
+        eval_blocks = pack_into_blocks(splits["validation"], tokenizer, recipe.block_size, recipe.text_column)
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    train_loader = make_dataloader(train_blocks, recipe.per_device_train_batch_size, collator, recipe.seed, True)
+    eval_loader = make_dataloader(eval_blocks, recipe.per_device_eval_batch_size, collator, recipe.seed, False)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, recipe.weight_decay),
+        lr=recipe.learning_rate,
+        betas=(recipe.adam_beta1, recipe.adam_beta2),
+    )
+    # Kept out of `prepare`, which would step it once per process; it steps once per optimizer step.
+    scheduler = get_scheduler(
+        recipe.lr_scheduler_type, optimizer, num_warmup_steps=recipe.warmup_steps, num_training_steps=recipe.max_steps
+    )
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    check_gradient_accumulation(accelerator, recipe.gradient_accumulation_steps)
+    check_weight_tying(accelerator.unwrap_model(model))
+    accelerator.register_for_checkpointing(progress, scheduler)
+    if checkpoint is not None:
+        load_checkpoint(accelerator, checkpoint, recipe, progress)
+    if accelerator.is_main_process:
+        write_recipe(asdict(recipe), Path(recipe.output_dir))
+    accelerator.init_trackers("tensorboard", config=tracker_config(recipe))
+    vocab_size = accelerator.unwrap_model(model).config.vocab_size
+    unigram_loss = held_out_unigram_loss(eval_loader, accelerator, recipe.max_eval_batches, vocab_size)
+    recorder = DiagnosticsRecorder(accelerator.unwrap_model(model), optimizer) if recipe.diagnostics else None
+    return Run(
+        recipe=recipe,
+        accelerator=accelerator,
+        progress=progress,
+        tokenizer=tokenizer,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_loader=train_loader,
+        eval_loader=eval_loader,
+        unigram_loss=unigram_loss,
+        recorder=recorder,
+    )
+
+
+def load_checkpoint(
+    accelerator: Accelerator, checkpoint: Path, recipe: TrainingRecipe, progress: TrainingProgress
+) -> None:
+    """Restores everything registered with `accelerator` (model, optimizer, RNG states, scheduler, `progress`),
+    after saying what of the recipe and the process count differs from the run that wrote `checkpoint`."""
+    say(accelerator, f"Resuming from {checkpoint}")
+    warn_about_recipe_changes(accelerator, checkpoint / RECIPE_FILE, recipe)
+    warn_about_process_count(accelerator, checkpoint)
+    try:
+        accelerator.load_state(str(checkpoint))
+    except Exception as error:  # a file of the right size but unreadable content
+        raise RuntimeError(f"Could not load checkpoint {checkpoint}: {error}") from error
+    check_resumed_step(checkpoint, progress.step, recipe.max_steps)
+
+
+def fit(run: Run) -> None:
+    """The loop, from the progress it resumes (step 0: a fresh run, evaluated first) until `max_steps`."""
+    recipe, accelerator, progress, model = run.recipe, run.accelerator, run.progress, run.model
+    if progress.step == 0:
+        progress.initial_eval_loss, _ = evaluate_and_log(run, 0)
+    batches = micro_batches(run.train_loader, accelerator, progress)
+    progress_bar = tqdm(
+        total=recipe.max_steps, initial=progress.step, desc="training", disable=not accelerator.is_main_process
+    )
+    interval_losses, interval_seconds = [], 0.0  # since the last logging step
+    model.train()
+    while progress.step < recipe.max_steps:
+        step = progress.step + 1
+        step_start = time.perf_counter()
+        logging_step = step % recipe.logging_steps == 0 or step == recipe.max_steps
+        if run.recorder is not None and logging_step:
+            run.recorder.start()  # hooks record this step's forward, backward and optimizer step
+        step_loss = torch.zeros((), device=accelerator.device)
+        for _ in range(recipe.gradient_accumulation_steps):
+            # Accelerate skips the gradient all-reduce on all but the last micro-batch of the step and
+            # divides the loss by `gradient_accumulation_steps` in `backward`.
+            with accelerator.accumulate(model):
+                loss = model(**next(batches), use_cache=False).loss  # a KV cache would only hold memory
+                step_loss += loss.detach().float() / recipe.gradient_accumulation_steps
+                accelerator.backward(loss)
+        loss_value = accelerator.reduce(step_loss, reduction="mean").item()
+        check_finite_loss(loss_value, step, run.output_dir)  # before the update: the weights stay finite
+        if recipe.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        progress.step = step
+        progress_bar.update(1)
+        interval_losses.append(loss_value)
+        interval_seconds += time.perf_counter() - step_start  # evaluation and saving do not count against tokens/s
+
+        if logging_step:
+            log_training(run, interval_losses, interval_seconds, progress_bar)
+            interval_losses, interval_seconds = [], 0.0
+        if step == recipe.max_steps:
+            evaluate_final_model(run)  # before the last checkpoint, which then holds its result
+        elif step % recipe.eval_steps == 0:
+            evaluate_and_log(run, step)
+        if step % recipe.checkpointing_steps == 0 or step == recipe.max_steps:
+            save_checkpoint(
+                accelerator,
+                run.output_dir,
+                step,
+                run.unwrapped_model,
+                run.tokenizer,
+                asdict(recipe),
+                recipe.save_total_limit,
+            )
+    progress_bar.close()
+
+
+def check_finite_loss(loss_value: float, step: int, output_dir: Path) -> None:
+    if not math.isfinite(loss_value):
+        last_good = latest_checkpoint(output_dir)
+        kept = (
+            "No checkpoint was written yet"
+            if last_good is None
+            else f"The last good checkpoint, untouched, is {last_good}"
+        )
+        raise FloatingPointError(
+            f"Non-finite training loss ({loss_value}) at step {step}: stopped before updating the weights. "
+            f"{kept}; lower `learning_rate` or check the data."
+        )
+
+
+def log_training(run: Run, interval_losses: list[float], interval_seconds: float, progress_bar: tqdm) -> None:
+    """The mean training loss, learning rate and speed since the last logging step (and the diagnostics)."""
+    recipe = run.recipe
+    tokens_per_step = (
+        recipe.per_device_train_batch_size
+        * recipe.gradient_accumulation_steps
+        * run.accelerator.num_processes
+        * recipe.block_size
+    )
+    metrics = {
+        "loss": sum(interval_losses) / len(interval_losses),
+        "learning_rate": run.scheduler.get_last_lr()[0],
+        "tokens_per_second": len(interval_losses) * tokens_per_step / interval_seconds,
+        "epoch": run.progress.epoch,
+    }
+    if run.recorder is not None:
+        metrics.update(run.recorder.collect().to_metrics())
+    run.accelerator.log(metrics, step=run.progress.step)
+    progress_bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_second']:.0f}")
+
+
+def evaluate_and_log(run: Run, step: int) -> tuple[float, str]:
+    """The held-out loss and a generated sample at `step`, logged and printed; a non-finite loss stops the run."""
+    eval_loss = evaluate(run.model, run.eval_loader, run.accelerator, run.recipe.max_eval_batches)
+    if not math.isfinite(eval_loss):  # an update after the last loss check diverged; sampling would crash
+        raise FloatingPointError(
+            f"Non-finite held-out loss ({eval_loss}) at step {step}: the weights diverged after the last finite "
+            "training loss. Lower `learning_rate`; checkpoints written since that loss hold the diverged weights."
+        )
+    recipe = run.recipe
+    sample = generate_sample(
+        run.model, run.tokenizer, run.accelerator, recipe.sample_prompt, recipe.sample_max_new_tokens, recipe.seed
+    )
+    metrics = {"eval_loss": eval_loss, "perplexity": math.exp(eval_loss), "unigram_loss": run.unigram_loss}
+    run.accelerator.log({**metrics, "sample": sample}, step=step)
+    say(run.accelerator, f"step {step}: held-out loss {eval_loss:.4f}, perplexity {math.exp(eval_loss):.2f}")
+    warn_about_unigram_plateau(run.accelerator, step, eval_loss, run.unigram_loss, recipe)
+    say(run.accelerator, f"sample: {sample!r}")
+    return eval_loss, sample
+
+
+def evaluate_final_model(run: Run) -> None:
+    """The evaluation at `max_steps`, kept in the progress that the last checkpoint saves."""
+    run.progress.final_eval_loss, run.progress.final_sample = evaluate_and_log(run, run.progress.step)
+
+
+def finish(run: Run) -> TrainingResult:
+    """Saves the final model and tokenizer in `output_dir` and reports the run."""
+    accelerator, progress, output_dir = run.accelerator, run.progress, run.output_dir
+    if progress.final_eval_loss is None:  # resumed at `max_steps` from a checkpoint written before it was kept
+        evaluate_final_model(run)
+    model = run.unwrapped_model
+    model.save_pretrained(
+        output_dir,
+        is_main_process=accelerator.is_main_process,
+        save_function=accelerator.save,
+        state_dict=accelerator.get_state_dict(run.model),
+    )
+    if accelerator.is_main_process:
+        # Saved with the model, `truncation=True` stops where the learned positions end. Only here: checkpoints keep
+        # the tokenizer the run started with, so that a resumed run tokenizes alike and reuses the `datasets` cache.
+        run.tokenizer.model_max_length = model.config.max_position_embeddings
+        run.tokenizer.save_pretrained(output_dir)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+    result = TrainingResult(
+        output_dir, model, run.tokenizer, progress.initial_eval_loss, progress.final_eval_loss, progress.final_sample
+    )
+    before = "?" if result.initial_perplexity is None else f"{result.initial_perplexity:.2f}"
+    say(
+        accelerator,
+        f"Held-out perplexity: {before} before training -> {result.final_perplexity:.2f} after {progress.step} steps",
+    )
+    say(
+        accelerator,
+        f"Model and tokenizer saved to {output_dir} (AutoModelForCausalLM / AutoTokenizer.from_pretrained)",
+    )
+    say(accelerator, f"Generated sample: {result.sample!r}")
+    return result
+
+
 __all__ = [
     "JsonlTracker",
     "TrainingProgress",
     "TrainingRecipe",
     "TrainingResult",
-    "latest_checkpoint",
-    "list_checkpoints",
     "read_metrics",
-    "save_checkpoint",
     "train",
 ]

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import pytest
@@ -24,32 +24,40 @@ from helpers import (
     free_port,
     reset_accelerate_state,
     run_torchrun,
+    run_without_package,
     subprocess_env,
     tiny_config,
 )
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, get_scheduler
 
+import albertagpt.checkpointing
 import albertagpt.training
 from albertagpt import AlbertAGPTConfig, AlbertAGPTForCausalLM
-from albertagpt.cli import load_recipe, parse_recipe
+from albertagpt.checkpointing import (
+    CHECKPOINT_MANIFEST,
+    checkpoint_problem,
+    latest_checkpoint,
+    list_checkpoints,
+    share_of_files,
+    verify_checkpoint,
+    write_manifest,
+)
+from albertagpt.cli import OnResume, load_recipe, parse_recipe, recipe_field
 from albertagpt.data import builtin_corpus
 from albertagpt.distributed import FSDP_UNIT_CLASSES
 from albertagpt.tokenizer import train_tokenizer
 from albertagpt.training import (
-    CHECKPOINT_MANIFEST,
+    CONFIG_FIELDS_A_RESUME_MAY_CHANGE,
     TrainingRecipe,
     check_gradient_accumulation,
     check_model_config,
     evaluate,
     held_out_unigram_loss,
-    latest_checkpoint,
-    list_checkpoints,
     parameter_groups,
     read_metrics,
     recipe_changes,
     train,
-    verify_checkpoint,
     warn_about_process_count,
     warn_about_unigram_plateau,
 )
@@ -309,6 +317,27 @@ def test_two_processes_equal_one_with_the_same_global_batch(workspace, tmp_path)
     assert len(eval_losses[0]) == 3
     torch.testing.assert_close(torch.tensor(eval_losses[1]), torch.tensor(eval_losses[0]), rtol=0, atol=1e-4)
 
+    # Resuming, each process hashes its share of the checkpoint's files; a damaged file in the second process's share
+    # stops both processes, with the same message.
+    checkpoint = tmp_path / "two" / "checkpoint-6"
+    sizes = {
+        name: entry["bytes"] for name, entry in json.loads((checkpoint / CHECKPOINT_MANIFEST).read_text()).items()
+    }
+    shares = [share_of_files(sizes, process, 2) for process in range(2)]
+    assert sorted(shares[0] + shares[1]) == sorted(sizes) and shares[1]
+    damaged = checkpoint / shares[1][0]
+    damaged.write_bytes(damaged.read_bytes()[:-1] + bytes([damaged.read_bytes()[-1] ^ 1]))
+    resumed = subprocess.run(
+        launch + ["scripts/train.py", "--config", str(config), "--resume_from_checkpoint", "latest"],
+        cwd=REPO_ROOT,
+        env={**subprocess_env(tmp_path), "ACCELERATE_USE_CPU": "true"},
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode != 0
+    message = f"checkpoint-6 is damaged: {damaged.name} has other content than when it was written"
+    assert resumed.stderr.count(message) >= 2, resumed.stderr[-3000:]  # raised by each process
+
 
 def test_interrupted_checkpoint_write_is_never_latest(workspace, reference_run, tmp_path, monkeypatch):
     recipe = make_recipe(workspace, tmp_path / "run")
@@ -424,7 +453,7 @@ def test_a_damaged_checkpoint_is_named_before_resuming(workspace, reference_run,
     shutil.copytree(reference_run / "checkpoint-8", checkpoint)
     manifest = json.loads((checkpoint / CHECKPOINT_MANIFEST).read_text())
     assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl", "tokenizer.json"} <= set(manifest)
-    verify_checkpoint(checkpoint)  # intact
+    verify_checkpoint(checkpoint, Accelerator())  # intact
 
     # A lost RNG state would otherwise resume without a word, and not exactly.
     (checkpoint / "random_states_0.pkl").unlink()
@@ -443,14 +472,33 @@ def test_a_damaged_checkpoint_is_named_before_resuming(workspace, reference_run,
     # A damaged file list is named too.
     (checkpoint / CHECKPOINT_MANIFEST).write_text('{"model.safetensors": {"by')
     with pytest.raises(ValueError, match=r"checkpoint-8 is damaged: its file list checkpoint_files.json is not JSON"):
-        verify_checkpoint(checkpoint)
+        verify_checkpoint(checkpoint, Accelerator())
     # A manifest of an earlier version holds sizes only: those are still checked.
     sizes_only = {name: entry["bytes"] for name, entry in manifest.items()}
     (checkpoint / CHECKPOINT_MANIFEST).write_text(json.dumps(sizes_only))
-    verify_checkpoint(checkpoint)
+    verify_checkpoint(checkpoint, Accelerator())
     weights.write_bytes(intact[:100])
     with pytest.raises(ValueError, match=r"model.safetensors has 100 bytes instead of \d+"):
-        verify_checkpoint(checkpoint)
+        verify_checkpoint(checkpoint, Accelerator())
+
+
+def test_processes_verifying_a_checkpoint_hash_each_file_once(reference_run, monkeypatch):
+    checkpoint = reference_run / "checkpoint-8"
+    hashed = []
+    real_sha256 = albertagpt.checkpointing.file_sha256
+    monkeypatch.setattr(
+        albertagpt.checkpointing, "file_sha256", lambda path: hashed.append(path.name) or real_sha256(path)
+    )
+    shares = []
+    for process in range(3):
+        assert checkpoint_problem(checkpoint, process, 3) is None
+        shares.append(set(hashed))
+        hashed.clear()
+    assert sorted(name for share in shares for name in share) == sorted(
+        json.loads((checkpoint / CHECKPOINT_MANIFEST).read_text())
+    )
+    sizes = [sum((checkpoint / name).stat().st_size for name in share) for share in shares]
+    assert max(sizes) == (checkpoint / "optimizer.bin").stat().st_size  # the largest file alone; the others share
 
 
 def test_resuming_with_another_recipe_names_what_changed(workspace, reference_run, tmp_path, capsys):
@@ -483,6 +531,140 @@ def test_resuming_with_another_recipe_names_what_changed(workspace, reference_ru
     assert max_weight_difference(out, reference_run) <= 1e-6
 
 
+def subclasses(recipe_type: type) -> list[type]:
+    return [sub for child in recipe_type.__subclasses__() for sub in (child, *subclasses(child))]
+
+
+def test_every_recipe_field_declares_what_it_does_on_resume():
+    import albertagpt.lab
+    import albertagpt.quality  # noqa: F401  (their recipes extend TrainingRecipe)
+
+    recipes = [TrainingRecipe, *subclasses(TrainingRecipe)]
+    assert {"SweepRecipe", "QualityRecipe"} <= {recipe.__name__ for recipe in recipes}
+    undeclared = [
+        f"{recipe.__name__}.{item.name}"
+        for recipe in recipes
+        for item in fields(recipe)
+        if not isinstance(item.metadata.get("on_resume"), OnResume)
+    ]
+    assert undeclared == []
+
+    # The comparison reads each field's declaration; a field without one is refused rather than assumed to take effect.
+    @dataclass
+    class Extended(TrainingRecipe):
+        restored_knob: int = recipe_field(0, on_resume=OnResume.RESTORED)
+        reporting_knob: int = recipe_field(0, on_resume=OnResume.REPORTING)
+
+    saved = {**asdict(Extended()), "restored_knob": 1, "reporting_knob": 1}
+    assert recipe_changes(saved, Extended()) == {"restored": ["restored_knob: 1 -> 0"], "applied": []}
+
+    @dataclass
+    class Undeclared(TrainingRecipe):
+        new_knob: int = 0
+
+    with pytest.raises(TypeError, match="`new_knob` declares no `on_resume`"):
+        recipe_changes(asdict(Undeclared()), Undeclared())
+
+
+def test_the_model_config_fields_a_resume_may_change_exist():
+    # Every other field of the config must be the checkpoint's: a misspelt name here would compare a field meant
+    # to change, and a removed one would leave a stale entry.
+    for config_type in (AlbertAGPTConfig, GPT2Config):  # the loop trains both (the quality benchmark trains GPT-2)
+        assert set(CONFIG_FIELDS_A_RESUME_MAY_CHANGE) <= set(config_type.__annotations__), config_type
+
+
+def saved_progress(checkpoint: Path) -> dict:
+    return torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=False)  # registered first
+
+
+def test_checkpoints_keep_the_evaluations_a_run_reports(reference_run):
+    evaluations = [row for row in read_metrics(reference_run / "metrics.jsonl") if "eval_loss" in row]
+    assert [row["step"] for row in evaluations] == [0, 4, 8]
+    middle, last = saved_progress(reference_run / "checkpoint-4"), saved_progress(reference_run / "checkpoint-8")
+    assert middle["initial_eval_loss"] == last["initial_eval_loss"] == evaluations[0]["eval_loss"]
+    assert middle["final_eval_loss"] is None
+    assert (last["step"], last["final_eval_loss"]) == (8, evaluations[-1]["eval_loss"])
+    assert last["final_sample"] == evaluations[-1]["sample"]
+
+
+def predating_the_kept_evaluations(checkpoint: Path) -> None:
+    """Makes `checkpoint` one written before its progress held the evaluations (manifest rewritten to match)."""
+    progress = saved_progress(checkpoint)
+    for name in ("initial_eval_loss", "final_eval_loss", "final_sample"):
+        del progress[name]
+    torch.save(progress, checkpoint / "custom_checkpoint_0.pkl")
+    (checkpoint / CHECKPOINT_MANIFEST).unlink()
+    write_manifest(checkpoint)
+
+
+def test_a_checkpoint_from_before_the_kept_evaluations_resumes(workspace, reference_run, tmp_path):
+    reference_rows = read_metrics(reference_run / "metrics.jsonl")
+    final_row = reference_rows[-1]
+    assert final_row["step"] == 8 and "eval_loss" in final_row
+
+    def without_speed(rows: list[dict]) -> list[dict]:
+        return [{key: value for key, value in row.items() if key != "tokens_per_second"} for row in rows]
+
+    # In the middle of the run: trained to the end, its final evaluation is kept; the initial one is unknown.
+    out = tmp_path / "middle"
+    out.mkdir()
+    shutil.copytree(reference_run / "checkpoint-4", out / "checkpoint-4")
+    predating_the_kept_evaluations(out / "checkpoint-4")
+    shutil.copy(reference_run / "metrics.jsonl", out / "metrics.jsonl")
+    result = train(make_recipe(workspace, out, resume_from_checkpoint="latest"))
+    assert result.initial_eval_loss is None
+    assert result.final_eval_loss == final_row["eval_loss"] and result.sample == final_row["sample"]
+    assert saved_progress(out / "checkpoint-8")["final_eval_loss"] == final_row["eval_loss"]
+    assert without_speed(read_metrics(out / "metrics.jsonl")) == without_speed(reference_rows)
+    assert max_weight_difference(out, reference_run) <= 1e-6
+
+    # At `max_steps`, killed before its final evaluation: resuming evaluates the final model and logs it, once.
+    out = tmp_path / "finished"
+    out.mkdir()
+    shutil.copytree(reference_run / "checkpoint-8", out / "checkpoint-8")
+    predating_the_kept_evaluations(out / "checkpoint-8")
+    (out / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in reference_rows[:-1]))
+    reset_accelerate_state()
+    result = train(make_recipe(workspace, out, resume_from_checkpoint="latest"))
+    assert result.initial_eval_loss is None
+    assert result.final_eval_loss == final_row["eval_loss"] and result.sample == final_row["sample"]
+    assert read_metrics(out / "metrics.jsonl") == reference_rows
+    assert max_weight_difference(out, reference_run) <= 1e-6
+
+
+LOAD_FOLDERS = """
+import torch
+from transformers import AutoModelForCausalLM
+results = {}
+for folder in FOLDERS:
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    ids = torch.arange(3 * 32).reshape(3, 32) * 7 % model.config.vocab_size
+    with torch.no_grad():
+        results[folder] = {"module": type(model).__module__, "logits": model(input_ids=ids).logits.tolist()}
+print(json.dumps(results))
+"""
+
+
+def test_checkpoints_and_the_final_model_carry_their_remote_code(reference_run, tmp_path):
+    folders = [reference_run / "checkpoint-4", reference_run / "checkpoint-8", reference_run]
+    for folder in folders:
+        assert "auto_map" in json.loads((folder / "config.json").read_text())
+        for name in ("configuration_albertagpt.py", "modeling_albertagpt.py"):  # the package's own files
+            assert (folder / name).read_bytes() == (REPO_ROOT / "albertagpt" / name).read_bytes()
+    # The checkpoints are intact with the code: it is written before the file list.
+    manifest = json.loads((reference_run / "checkpoint-8" / CHECKPOINT_MANIFEST).read_text())
+    assert {"configuration_albertagpt.py", "modeling_albertagpt.py"} <= set(manifest)
+
+    code = f"FOLDERS = {json.dumps([str(folder) for folder in folders])}\n" + LOAD_FOLDERS
+    loaded = run_without_package(code, tmp_path / "hub_cache", tmp_path)
+    final_logits = fixed_batch_logits(reference_run)
+    for folder in folders:
+        assert loaded[str(folder)]["module"].startswith("transformers_modules.")  # the folder's code, not the package
+        expected = fixed_batch_logits(folder)
+        assert torch.equal(torch.tensor(loaded[str(folder)]["logits"], dtype=expected.dtype), expected)
+    assert torch.equal(fixed_batch_logits(reference_run / "checkpoint-8"), final_logits)
+
+
 def test_resuming_another_architecture_or_past_max_steps_is_refused(workspace, reference_run, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -511,7 +693,7 @@ def test_a_run_killed_in_its_final_evaluation_logs_it_when_resumed(workspace, re
 
     def killed_in_the_final_evaluation(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 3:  # steps 0 and 4, then the final one, after checkpoint-8 was written
+        if len(calls) == 3:  # steps 0 and 4, then the final one, before checkpoint-8 is written
             raise KeyboardInterrupt("killed during the final evaluation")
         return real_evaluate(*args, **kwargs)
 
@@ -520,7 +702,7 @@ def test_a_run_killed_in_its_final_evaluation_logs_it_when_resumed(workspace, re
     with pytest.raises(KeyboardInterrupt):
         train(make_recipe(workspace, out))
     monkeypatch.undo()
-    assert latest_checkpoint(out) == out / "checkpoint-8"
+    assert latest_checkpoint(out) == out / "checkpoint-4"  # the last checkpoint holds the final evaluation
     # A write cut short (a kill, a full disk) leaves a torn last row; the resumed run drops it.
     with (out / "metrics.jsonl").open("a") as metrics:
         metrics.write('{"step": 8, "eval_loss": 5.9, "perpl')
@@ -547,7 +729,7 @@ def test_a_torn_metrics_row_is_dropped_only_at_the_end(tmp_path):
 
 @pytest.mark.parametrize("failing", ["weights", "file list"])
 def test_a_failed_checkpoint_write_is_named_and_removed(workspace, tmp_path, monkeypatch, failing):
-    real_save_state, real_write_manifest = Accelerator.save_state, albertagpt.training.write_manifest
+    real_save_state, real_write_manifest = Accelerator.save_state, albertagpt.checkpointing.write_manifest
 
     def disk_full_in_the_weights(self, output_dir, **kwargs):
         if output_dir.endswith("checkpoint-8"):
@@ -564,7 +746,7 @@ def test_a_failed_checkpoint_write_is_named_and_removed(workspace, tmp_path, mon
     if failing == "weights":
         monkeypatch.setattr(Accelerator, "save_state", disk_full_in_the_weights)
     else:
-        monkeypatch.setattr(albertagpt.training, "write_manifest", disk_full_in_the_file_list)
+        monkeypatch.setattr(albertagpt.checkpointing, "write_manifest", disk_full_in_the_file_list)
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match=r"Writing checkpoint-8 failed \(.*(unexpected pos|No space).*\); \d+ MiB"):
         train(make_recipe(workspace, out))
