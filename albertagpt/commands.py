@@ -13,6 +13,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TypeVar
 
+from . import __version__
 from .benchmark import (
     QUICK_SETTINGS,
     QUICK_SHAPE,
@@ -280,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="albertagpt",
         description="AlbertAGPT: pretrain, evaluate and publish. `albertagpt COMMAND --help` lists a command's flags.",
     )
+    parser.add_argument("--version", action="version", version=f"albertagpt {__version__}")
     subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
         # No help of its own: the command's parser reads every flag after the name, `--help` included.

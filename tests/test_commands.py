@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO_ROOT
 
+import albertagpt
 from albertagpt.commands import COMMANDS, main
 from albertagpt.presets import PRESETS_DIR, preset_names, resolve_preset
 from albertagpt.training import read_model_config
@@ -33,6 +34,12 @@ def test_help_lists_every_command_in_one_line(capsys: pytest.CaptureFixture) -> 
         "benchmark",
         "plot",
     }
+
+
+def test_version(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"albertagpt {albertagpt.__version__}"
 
 
 def test_a_command_reads_its_own_flags(capsys: pytest.CaptureFixture) -> None:
