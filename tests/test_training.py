@@ -297,8 +297,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(workspace, tmp_path)
     )
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--main_process_port", str(free_port())]
-    completed = subprocess.run(
-        launch + ["scripts/train.py", "--config", str(config)],
+    completed = subprocess.run(  # the command the docs give (the resume below launches the script instead)
+        launch + ["-m", "albertagpt", "train", "--config", str(config)],
         cwd=REPO_ROOT,
         env={**subprocess_env(tmp_path), "ACCELERATE_USE_CPU": "true"},
         capture_output=True,
