@@ -1,7 +1,7 @@
 """Write docs/configuration.md from the recipe dataclasses' and the model config's field metadata.
 
-    python scripts/generate_configuration_docs.py            # writes docs/configuration.md of this checkout
-    python scripts/generate_configuration_docs.py OTHER.md   # writes OTHER.md
+python scripts/generate_configuration_docs.py            # writes docs/configuration.md of this checkout
+python scripts/generate_configuration_docs.py OTHER.md   # writes OTHER.md
 """
 
 import sys
