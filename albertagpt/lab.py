@@ -101,8 +101,8 @@ class SweepRecipe(TrainingRecipe):
         default_factory=list, metadata={"help": "Warm-up lengths (steps) to sweep; empty: the recipe's warmup_steps."}
     )
     seeds: list[int] = field(default_factory=list, metadata={"help": "Seeds of every cell; empty: the recipe's seed."})
-    min_learning_rate: float = field(default=3e-4, metadata={"help": "Lowest peak learning rate of the grid."})
-    max_learning_rate: float = field(default=1e-1, metadata={"help": "Highest peak learning rate of the grid."})
+    min_learning_rate: float = 3e-4
+    max_learning_rate: float = 1e-1
     learning_rate_points: int = field(default=6, metadata={"help": "Log-spaced learning rates, both ends included."})
     tolerance: float = field(
         default=0.1, metadata={"help": "Usable: mean final loss within this fraction of the best."}

@@ -67,19 +67,28 @@ def cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+# Metadata keys that hold what a field does when a run resumes with another value (`albertagpt.cli`'s `on_resume`).
+RESUME_KEYS = ("on_resume", "resume")
+
+
+def resume_behaviour(item: dataclasses.Field) -> str | None:
+    value = next((item.metadata[key] for key in RESUME_KEYS if key in item.metadata), None)
+    return None if value is None else str(getattr(value, "value", value)).replace("_", " ")
+
+
 def recipe_rows(recipe_type: type, base: type | None) -> tuple[list[str], list[list[str]]]:
-    """The header and one row per field of `recipe_type` (without `base`'s fields). A `resume` column appears when
-    any field carries `resume` metadata; other metadata keys are ignored."""
+    """The header and one row per field of `recipe_type` (without `base`'s fields). An "on resume" column appears when
+    any field declares its resume behaviour; other metadata keys are ignored."""
     inherited = {item.name for item in dataclasses.fields(base)} if base else set()
     items = [item for item in dataclasses.fields(recipe_type) if item.init and item.name not in inherited]
-    show_resume = any("resume" in item.metadata for item in items)
+    show_resume = any(resume_behaviour(item) for item in items)
     header = ["field", "type", "default", "meaning"] + (["on resume"] if show_resume else [])
     rows = []
     for item in items:
         row = [f"`{item.name}`", cell(f"`{type_name(item.type)}`"), format_default(default_value(item))]
         row.append(cell(item.metadata.get("help", "")))
         if show_resume:
-            row.append(cell(item.metadata.get("resume", "")))
+            row.append(cell(resume_behaviour(item) or ""))
         rows.append(row)
     return header, rows
 
@@ -138,7 +147,8 @@ def configuration_page() -> str:
         "(`--config`: a preset name or a path) whose fields can each be overridden on the command line as "
         "`--field value`; an unknown field is an error that names it. A model config is a JSON file of "
         "`AlbertAGPTConfig` fields (`--model_config`: a preset name, a path, or a saved model folder). "
-        "Unset means `None`.",
+        "Unset means `None`. Where a table has an *on resume* column, it says what a changed value does when a run "
+        "resumes from a checkpoint ([training.md](training.md#resume-crashes-and-faults)).",
     ]
     for recipe_type, command, base in RECIPES:
         doc = inspect.cleandoc(recipe_type.__doc__ or "").split("\n\n")[0].replace("\n", " ")

@@ -13,7 +13,7 @@ import pytest
 from helpers import REPO_ROOT
 
 from albertagpt import AlbertAGPTConfig
-from albertagpt.reference import CONFIGURATION_PAGE, config_fields, configuration_page, docstring_args
+from albertagpt.reference import CONFIGURATION_PAGE, config_fields, configuration_page, docstring_args, recipe_rows
 
 DOC_PAGES = sorted((REPO_ROOT / "docs").glob("*.md"))
 LINKED_PAGES = [REPO_ROOT / "README.md", REPO_ROOT / "CHANGELOG.md", *DOC_PAGES]
@@ -78,3 +78,23 @@ def test_link_check_sees_broken_links(tmp_path: Path) -> None:
     page.write_text("# Title\n\n[ok](page.md#title) [gone](missing.md) `[code](not-a-link.md)`\n")
     assert relative_links(page) == ["page.md#title", "missing.md"]
     assert heading_anchors(page.read_text()) == {"title"}
+
+
+def test_recipe_tables_read_help_and_resume_metadata_and_ignore_other_keys() -> None:
+    import dataclasses
+    import enum
+
+    class OnResume(str, enum.Enum):
+        TAKES_EFFECT = "takes_effect"
+
+    @dataclasses.dataclass
+    class Recipe:
+        steps: int = dataclasses.field(default=3, metadata={"help": "How | many.", "on_resume": OnResume.TAKES_EFFECT})
+        name: str | None = dataclasses.field(default=None, metadata={"other": 1})
+
+    header, rows = recipe_rows(Recipe, None)
+    assert header == ["field", "type", "default", "meaning", "on resume"]
+    assert rows == [
+        ["`steps`", "`int`", "`3`", "How \\| many.", "takes effect"],
+        ["`name`", "`str \\| None`", "unset", "", ""],
+    ]
