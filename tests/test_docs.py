@@ -98,3 +98,13 @@ def test_recipe_tables_read_help_and_resume_metadata_and_ignore_other_keys() -> 
         ["`steps`", "`int`", "`3`", "How \\| many.", "takes effect"],
         ["`name`", "`str \\| None`", "unset", "", ""],
     ]
+
+
+def test_tests_named_in_the_fault_table_exist() -> None:
+    """docs/training.md names the test behind each fault it describes: each must be one of ours."""
+    text = (REPO_ROOT / "docs" / "training.md").read_text()
+    named = set(re.findall(r"(?<![\w/])(test_\w+)(?!\.py|\w)", text))
+    defined = set()
+    for path in (REPO_ROOT / "tests").glob("test_*.py"):
+        defined |= set(re.findall(r"^def (test_\w+)", path.read_text(), flags=re.MULTILINE))
+    assert len(named) >= 10 and not named - defined, sorted(named - defined)
