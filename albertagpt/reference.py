@@ -82,10 +82,12 @@ def recipe_rows(recipe_type: type, base: type | None) -> tuple[list[str], list[l
     inherited = {item.name for item in dataclasses.fields(base)} if base else set()
     items = [item for item in dataclasses.fields(recipe_type) if item.init and item.name not in inherited]
     show_resume = any(resume_behaviour(item) for item in items)
+    # The annotations, not `Field.type`: transformers' `HfArgumentParser` rewrites the latter (`str | None` -> `str`).
+    hints = typing.get_type_hints(recipe_type)
     header = ["field", "type", "default", "meaning"] + (["on resume"] if show_resume else [])
     rows = []
     for item in items:
-        row = [f"`{item.name}`", cell(f"`{type_name(item.type)}`"), format_default(default_value(item))]
+        row = [f"`{item.name}`", cell(f"`{type_name(hints[item.name])}`"), format_default(default_value(item))]
         row.append(cell(item.metadata.get("help", "")))
         if show_resume:
             row.append(cell(resume_behaviour(item) or ""))
