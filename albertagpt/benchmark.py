@@ -40,7 +40,7 @@ from .configuration_albertagpt import AlbertAGPTConfig
 from .modeling_albertagpt import AlbertAGPTForCausalLM
 
 MODEL_NAMES = ("albertagpt", "gpt2", "gpt2_matched")
-# The peer the issue's targets are stated against: GPT-2 as transformers ships it.
+# The peer the targets (TARGETS) are stated against: GPT-2 as transformers ships it.
 PEER = "gpt2"
 # Special token ids shared by both models (AlbertAGPT's defaults); random inputs avoid them.
 PAD_TOKEN_ID, BOS_TOKEN_ID, EOS_TOKEN_ID = 0, 1, 2
@@ -557,7 +557,7 @@ def compute_round_ratios(results: dict[str, Any], peer: str, min_rounds: int = 3
 
 
 def evaluate_targets(ratios: dict[str, float]) -> dict[str, dict[str, Any]]:
-    """Each target of the issue against the measured ratio (memory: AlbertAGPT / GPT-2 must be <= 1)."""
+    """Each target in TARGETS against the measured ratio (memory: AlbertAGPT / GPT-2 must be <= 1)."""
     verdicts = {}
     for key, threshold in TARGETS.items():
         if key not in ratios:
@@ -592,7 +592,7 @@ def check_run_is_possible(shape: BenchmarkShape, settings: BenchmarkSettings) ->
 def run_benchmark(
     shape: BenchmarkShape, settings: BenchmarkSettings, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """Every measurement of the issue, in one process; returns a JSON-serializable dict."""
+    """Every measurement of the benchmark, in one process; returns a JSON-serializable dict."""
     check_run_is_possible(shape, settings)
     device = torch.device(settings.device)
     results: dict[str, Any] = {

@@ -43,16 +43,60 @@ class AlbertAGPTConfig(PreTrainedConfig):
     sharing (`num_hidden_layers` applications of `num_hidden_groups` distinct blocks) and a LayerNorm
     after each sublayer (`h = LayerNorm(h + SubLayer(h))`).
 
-    For experiments only, `norm_position` moves the block's norms: `"post"` (default, the architecture),
-    `"pre"` (`h = h + SubLayer(Norm(h))`, with a final norm before the head) or `"none"` (no norms in the blocks);
-    `norm_type` picks what they compute: `"layernorm"` (default), `"rmsnorm"` or `"batchnorm"` (statistics over the
-    batch's non-pad tokens). The embedding and head LayerNorms stay as they are.
-
-    Three residual stabilisers of post-LN, each a no-op at its default: `residual_alpha` scales the skip path,
-    `LayerNorm(residual_alpha * h + SubLayer(h))` (DeepNorm's alpha); `residual_init_scale` multiplies the initial
-    weights of `v_proj`, `o_proj`, `up_proj` and `down_proj` (DeepNorm's beta; `deepnorm_settings` gives both);
-    `b2t_connection` adds the block's input `x` to its last LayerNorm, `LayerNorm(residual_alpha * h1 + MLP(h1) + x)`
-    (the bottom-to-top connection of Takase et al. 2023).
+    Args:
+        vocab_size:
+            Tokens in the vocabulary: rows of the word embeddings, columns of the logits.
+        embedding_size:
+            Width `E` of the word and position embeddings; the tied LM head decodes through the same width.
+        hidden_size:
+            Width `H` of the blocks; `embedding_hidden_mapping_in` maps `E` to `H`.
+        num_hidden_layers:
+            Layer applications (the depth). Each has its own KV-cache slot, whichever block it applies.
+        num_hidden_groups:
+            Distinct blocks shared by the applications, each applied `num_hidden_layers / num_hidden_groups` times:
+            1 (ALBERT's default) shares one block, `num_hidden_layers` shares none. Must divide `num_hidden_layers`.
+        num_attention_heads:
+            Attention heads; must divide `hidden_size`.
+        intermediate_size:
+            Width of the MLP.
+        hidden_act:
+            Activation of the MLP and of the LM head's dense layer (a key of transformers' `ACT2FN`).
+        max_position_embeddings:
+            Learned positions: the longest sequence the model takes.
+        hidden_dropout_prob:
+            Dropout on the embeddings and after each sublayer; at 0 no dropout module is built.
+        attention_probs_dropout_prob:
+            Dropout on the attention weights.
+        layer_norm_eps:
+            Epsilon of every norm.
+        norm_position:
+            For experiments only: `"post"` (the architecture, `h = Norm(h + SubLayer(h))`), `"pre"`
+            (`h = h + SubLayer(Norm(h))`, with a final norm before the head) or `"none"` (no norms in the blocks). The
+            embedding and head LayerNorms stay as they are.
+        norm_type:
+            For experiments only: `"layernorm"` (the architecture), `"rmsnorm"` or `"batchnorm"` (statistics over the
+            batch's non-pad tokens).
+        residual_alpha:
+            Post-LN stabiliser, a no-op at 1: scales the skip path, `LayerNorm(residual_alpha * h + SubLayer(h))`
+            (DeepNorm's alpha; `deepnorm_settings` gives it).
+        residual_init_scale:
+            Post-LN stabiliser, a no-op at 1: multiplies the initial weights of `v_proj`, `o_proj`, `up_proj` and
+            `down_proj` (DeepNorm's beta; `deepnorm_settings` gives it).
+        b2t_connection:
+            Post-LN stabiliser, a no-op when false: the block's last LayerNorm also adds the block's input `x`,
+            `LayerNorm(residual_alpha * h1 + MLP(h1) + x)` (the bottom-to-top connection of Takase et al. 2023).
+        initializer_range:
+            Standard deviation of the normal initialization of the weights.
+        use_cache:
+            Return a KV cache from the forward pass, for `generate()`.
+        tie_word_embeddings:
+            The LM head's decoder is the word embedding matrix.
+        pad_token_id:
+            Id of the padding token.
+        bos_token_id:
+            Id of the beginning-of-sequence token.
+        eos_token_id:
+            Id (or ids) of the end-of-sequence token.
 
     Invalid combinations raise `ValueError` at creation, naming the offending field.
 

@@ -124,7 +124,7 @@ def check_model_dir(model_dir: Path) -> None:
     """Raises `ValueError` naming `model_dir` and what it lacks unless it is a trained AlbertAGPT output folder."""
     if not model_dir.is_dir():
         raise ValueError(f"model_dir {str(model_dir)!r} does not exist or is not a folder.")
-    not_trained = f"model_dir {str(model_dir)!r} is not a trained model folder (the output_dir of scripts/train.py):"
+    not_trained = f"model_dir {str(model_dir)!r} is not a trained model folder (the output_dir of `albertagpt train`):"
     config_path = model_dir / "config.json"
     if not config_path.is_file():
         raise ValueError(f"{not_trained} it has no config.json.")

@@ -52,7 +52,7 @@ def train_tokenizer(
 
 @dataclass
 class TokenizerRecipe(TextSource):
-    """What `scripts/train_tokenizer.py` accepts; with no files and no data set it uses the built-in corpus."""
+    """What `albertagpt train-tokenizer` accepts; with no files and no data set it uses the built-in corpus."""
 
     output_dir: str = field(default="tokenizer", metadata={"help": "Folder for `AutoTokenizer.from_pretrained`."})
     vocab_size: int = field(default=8000, metadata={"help": "Largest vocabulary, special tokens included."})
