@@ -13,6 +13,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from .cli import on_resume
 from .configuration_albertagpt import AlbertAGPTConfig
 from .lab import SweepRecipe
 from .quality import QualityRecipe
@@ -67,21 +68,17 @@ def cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-# Metadata keys that hold what a field does when a run resumes with another value (`albertagpt.cli`'s `on_resume`).
-RESUME_KEYS = ("on_resume", "resume")
-
-
 def resume_behaviour(item: dataclasses.Field) -> str | None:
-    value = next((item.metadata[key] for key in RESUME_KEYS if key in item.metadata), None)
-    return None if value is None else str(getattr(value, "value", value)).replace("_", " ")
+    value = on_resume(item)
+    return None if value is None else value.value.replace("_", " ")
 
 
 def recipe_rows(recipe_type: type, base: type | None) -> tuple[list[str], list[list[str]]]:
-    """The header and one row per field of `recipe_type` (without `base`'s fields). An "on resume" column appears when
-    any field declares its resume behaviour; other metadata keys are ignored."""
+    """The header and one row per field of `recipe_type` (without `base`'s fields). An "on resume" column appears for
+    recipes of resumable runs, whose every field declares its resume behaviour; other metadata keys are ignored."""
     inherited = {item.name for item in dataclasses.fields(base)} if base else set()
     items = [item for item in dataclasses.fields(recipe_type) if item.init and item.name not in inherited]
-    show_resume = any(resume_behaviour(item) for item in items)
+    show_resume = all(resume_behaviour(item) for item in items)
     # The annotations, not `Field.type`: transformers' `HfArgumentParser` rewrites the latter (`str | None` -> `str`).
     hints = typing.get_type_hints(recipe_type)
     header = ["field", "type", "default", "meaning"] + (["on resume"] if show_resume else [])

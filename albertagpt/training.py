@@ -100,21 +100,33 @@ class TrainingRecipe(TextSource):
         8000, on_resume=OnResume.RESTORED, help="Vocabulary of the tokenizer trained when none is given."
     )
     block_size: int = recipe_field(128, on_resume=OnResume.TAKES_EFFECT, help="Tokens per training row.")
-    per_device_train_batch_size: int = recipe_field(16, on_resume=OnResume.TAKES_EFFECT)
-    per_device_eval_batch_size: int = recipe_field(16, on_resume=OnResume.REPORTING)
-    gradient_accumulation_steps: int = recipe_field(1, on_resume=OnResume.TAKES_EFFECT)
+    per_device_train_batch_size: int = recipe_field(
+        16, on_resume=OnResume.TAKES_EFFECT, help="Rows of block_size tokens per process and micro-batch."
+    )
+    per_device_eval_batch_size: int = recipe_field(
+        16, on_resume=OnResume.REPORTING, help="Held-out rows per process and evaluation batch."
+    )
+    gradient_accumulation_steps: int = recipe_field(
+        1, on_resume=OnResume.TAKES_EFFECT, help="Micro-batches per optimizer step."
+    )
     # The optimizer's and the scheduler's saved states hold the learning rate, the betas and the weight decay.
-    learning_rate: float = recipe_field(1e-3, on_resume=OnResume.RESTORED)
+    learning_rate: float = recipe_field(
+        1e-3, on_resume=OnResume.RESTORED, help="Peak AdamW learning rate, reached after the warm-up."
+    )
     weight_decay: float = recipe_field(
         0.1, on_resume=OnResume.RESTORED, help="AdamW decay of matrices (not of norms and biases)."
     )
-    adam_beta1: float = recipe_field(0.9, on_resume=OnResume.RESTORED)
-    adam_beta2: float = recipe_field(0.95, on_resume=OnResume.RESTORED)
+    adam_beta1: float = recipe_field(0.9, on_resume=OnResume.RESTORED, help="AdamW's first-moment decay.")
+    adam_beta2: float = recipe_field(0.95, on_resume=OnResume.RESTORED, help="AdamW's second-moment decay.")
     lr_scheduler_type: str = recipe_field(
         "cosine", on_resume=OnResume.TAKES_EFFECT, help="Any transformers `SchedulerType`."
     )
-    warmup_steps: int = recipe_field(100, on_resume=OnResume.TAKES_EFFECT)
-    max_steps: int = recipe_field(1000, on_resume=OnResume.TAKES_EFFECT)
+    warmup_steps: int = recipe_field(
+        100,
+        on_resume=OnResume.TAKES_EFFECT,
+        help="Linear warm-up to the peak learning rate, in optimizer steps; post-LN needs a long one.",
+    )
+    max_steps: int = recipe_field(1000, on_resume=OnResume.TAKES_EFFECT, help="Optimizer steps of the whole run.")
     max_grad_norm: float = recipe_field(
         1.0, on_resume=OnResume.TAKES_EFFECT, help="Clip the global gradient norm (0: no clipping)."
     )
@@ -123,16 +135,24 @@ class TrainingRecipe(TextSource):
         on_resume=OnResume.TAKES_EFFECT,
         help="no, bf16 (also on CPU) or fp16 (GPU only); unset: what `accelerate launch` says (no).",
     )
-    seed: int = recipe_field(42, on_resume=OnResume.TAKES_EFFECT)
+    seed: int = recipe_field(
+        42, on_resume=OnResume.TAKES_EFFECT, help="Seeds the initial weights, the data order and dropout."
+    )
     cpu_threads: int | None = recipe_field(
         None, on_resume=OnResume.REPORTING, help="torch.set_num_threads for each process; unset: torch's default."
     )
-    logging_steps: int = recipe_field(10, on_resume=OnResume.REPORTING)
-    eval_steps: int = recipe_field(200, on_resume=OnResume.REPORTING)
+    logging_steps: int = recipe_field(
+        10, on_resume=OnResume.REPORTING, help="Log the training loss and tokens/s every this many steps."
+    )
+    eval_steps: int = recipe_field(
+        200, on_resume=OnResume.REPORTING, help="Evaluate held out (and generate a sample) every this many steps."
+    )
     max_eval_batches: int | None = recipe_field(
         None, on_resume=OnResume.REPORTING, help="Cap on held-out batches per evaluation, in each process."
     )
-    checkpointing_steps: int = recipe_field(500, on_resume=OnResume.REPORTING)
+    checkpointing_steps: int = recipe_field(
+        500, on_resume=OnResume.REPORTING, help="Write a checkpoint every this many steps, and at the end."
+    )
     save_total_limit: int | None = recipe_field(
         2, on_resume=OnResume.REPORTING, help="Keep only the newest N checkpoints."
     )
@@ -149,7 +169,9 @@ class TrainingRecipe(TextSource):
     sample_prompt: str = recipe_field(
         "", on_resume=OnResume.REPORTING, help="Start of the sample generated at each evaluation."
     )
-    sample_max_new_tokens: int = recipe_field(64, on_resume=OnResume.REPORTING)
+    sample_max_new_tokens: int = recipe_field(
+        64, on_resume=OnResume.REPORTING, help="Length of the sample generated at each evaluation."
+    )
     diagnostics: bool = recipe_field(
         False,
         on_resume=OnResume.REPORTING,

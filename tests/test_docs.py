@@ -6,6 +6,7 @@ directory that sees the repository's `configs/`); a ```py block needs the networ
 and is shown but not run. tests/test_readme.py does the same for the README.
 """
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from helpers import REPO_ROOT
 
 from albertagpt import AlbertAGPTConfig
-from albertagpt.cli import parse_recipe
+from albertagpt.cli import OnResume, parse_recipe, recipe_field
 from albertagpt.reference import (
     CONFIGURATION_PAGE,
     RECIPES,
@@ -91,23 +92,26 @@ def test_link_check_sees_broken_links(tmp_path: Path) -> None:
 
 
 def test_recipe_tables_read_help_and_resume_metadata_and_ignore_other_keys() -> None:
-    import dataclasses
-    import enum
-
-    class OnResume(str, enum.Enum):
-        TAKES_EFFECT = "takes_effect"
-
     @dataclasses.dataclass
-    class Recipe:
-        steps: int = dataclasses.field(default=3, metadata={"help": "How | many.", "on_resume": OnResume.TAKES_EFFECT})
-        name: str | None = dataclasses.field(default=None, metadata={"other": 1})
+    class Resumable:
+        steps: int = recipe_field(3, on_resume=OnResume.TAKES_EFFECT, help="How | many.")
+        name: str | None = dataclasses.field(default=None, metadata={"on_resume": OnResume.REPORTING, "other": 1})
 
-    header, rows = recipe_rows(Recipe, None)
+    header, rows = recipe_rows(Resumable, None)
     assert header == ["field", "type", "default", "meaning", "on resume"]
     assert rows == [
         ["`steps`", "`int`", "`3`", "How \\| many.", "takes effect"],
-        ["`name`", "`str \\| None`", "unset", "", ""],
+        ["`name`", "`str \\| None`", "unset", "", "reporting"],
     ]
+
+    @dataclasses.dataclass
+    class NotResumable:  # a tokenizer recipe: nothing to resume, no column
+        steps: int = dataclasses.field(default=3, metadata={"help": "How many."})
+
+    assert recipe_rows(NotResumable, None) == (
+        ["field", "type", "default", "meaning"],
+        [["`steps`", "`int`", "`3`", "How many."]],
+    )
 
 
 def test_tests_named_in_the_fault_table_exist() -> None:
