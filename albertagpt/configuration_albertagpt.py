@@ -65,8 +65,10 @@ class AlbertAGPTConfig(PreTrainedConfig):
 
     model_type = "albertagpt"
     keys_to_ignore_at_inference = ["cache"]
-    # Tensor-parallel plan of the base model: shared blocks shard like any other block.
+    # Tensor-parallel plan of the base model: the word embeddings shard on the vocabulary (each rank holds a slice of
+    # the table, and the causal LM's tied `lm_head` shards with them), shared blocks shard like any other block.
     base_model_tp_plan = {
+        "embeddings.word_embeddings": "embedding_rowwise",
         "groups.*.self_attn.q_proj": "colwise",
         "groups.*.self_attn.k_proj": "colwise",
         "groups.*.self_attn.v_proj": "colwise",

@@ -7,6 +7,7 @@ import pytest
 import torch
 from helpers import make_hub_snapshot, run_torchrun, run_without_package, tiny_config
 from parallel_load_worker import fixed_batch
+from safetensors.torch import load_file, save_file
 from test_modeling import ARCHITECTURE_IDS, ARCHITECTURES
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -49,7 +50,7 @@ def test_every_auto_class_loads_the_saved_folder_with_identical_logits(tmp_path:
     input_ids = torch.tensor(INPUT_IDS)
     loaded = AutoModelForCausalLM.from_pretrained(folder).eval()
     assert type(loaded) is AlbertAGPTForCausalLM
-    assert loaded.lm_head.decoder.weight is loaded.model.embeddings.word_embeddings.weight
+    assert loaded.lm_head.weight is loaded.model.embeddings.word_embeddings.weight
     with torch.no_grad():
         assert torch.equal(loaded(input_ids).logits, model(input_ids).logits)
         base = AutoModel.from_pretrained(folder).eval()
@@ -57,6 +58,41 @@ def test_every_auto_class_loads_the_saved_folder_with_identical_logits(tmp_path:
         assert torch.equal(base(input_ids).last_hidden_state, model.model(input_ids).last_hidden_state)
     classifier = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=3)
     assert type(classifier) is AlbertAGPTForSequenceClassification
+
+
+# The names the LM head had in memory before its dense and LayerNorm moved into the base model.
+OLD_HEAD_NAMES = {
+    "model.head_transform.dense.weight": "lm_head.dense.weight",
+    "model.head_transform.dense.bias": "lm_head.dense.bias",
+    "model.head_transform.LayerNorm.weight": "lm_head.LayerNorm.weight",
+    "model.head_transform.LayerNorm.bias": "lm_head.LayerNorm.bias",
+    "lm_head.bias": "lm_head.decoder.bias",
+}
+
+
+def test_a_checkpoint_with_the_old_head_names_loads_to_identical_logits(tmp_path: Path) -> None:
+    model, folder = saved_model(tmp_path)
+    old_layout = {
+        OLD_HEAD_NAMES.get(name, name): tensor.contiguous()
+        for name, tensor in model.state_dict().items()
+        if name != "lm_head.weight"  # tied: checkpoints leave it out
+    }
+    save_file(old_layout, folder / "model.safetensors", metadata={"format": "pt"})
+    input_ids = torch.tensor(INPUT_IDS)
+    loaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert loaded.lm_head.weight is loaded.model.embeddings.word_embeddings.weight
+    base = AutoModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids).logits, model(input_ids).logits)
+        assert torch.equal(base(input_ids).last_hidden_state, model.model(input_ids).last_hidden_state)
+
+
+def test_save_pretrained_keeps_the_checkpoint_names_of_the_head(tmp_path: Path) -> None:
+    # The checkpoint format does not change with the module layout: older code loads newer checkpoints too.
+    _, folder = saved_model(tmp_path)
+    names = set(load_file(folder / "model.safetensors"))
+    assert set(OLD_HEAD_NAMES.values()) <= names
+    assert not any(name.startswith("model.head_transform.") for name in names)
 
 
 @pytest.mark.parametrize("overrides", ARCHITECTURES, ids=ARCHITECTURE_IDS)
@@ -101,7 +137,7 @@ def test_bfloat16_with_device_map_auto(tmp_path: Path) -> None:
     loaded = AutoModelForCausalLM.from_pretrained(folder, device_map="auto", dtype=torch.bfloat16)
     assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
     assert {p.device.type for p in loaded.parameters()} == {"cuda" if torch.cuda.is_available() else "cpu"}
-    assert loaded.lm_head.decoder.weight is loaded.model.embeddings.word_embeddings.weight
+    assert loaded.lm_head.weight is loaded.model.embeddings.word_embeddings.weight
     input_ids = torch.tensor(INPUT_IDS)
     with torch.no_grad():
         bf16 = loaded(input_ids).logits.float()
@@ -146,6 +182,11 @@ def test_tensor_parallel_loading_on_two_cpu_processes_matches_one(tmp_path: Path
     for group in range(model.config.num_hidden_groups):
         for name, shape in halves.items():
             assert split["local_shapes"][f"model.groups.{group}.{name}.weight"] == shape, (group, name)
+    # `embedding_rowwise`: rank 0 holds the first ceil(97 / 2) rows of the vocabulary; the head stays tied to them
+    vocab, embedding = model.config.vocab_size, model.config.embedding_size
+    assert split["local_shapes"]["model.embeddings.word_embeddings.weight"] == [(vocab + 1) // 2, embedding]
+    assert split["local_shapes"]["lm_head.bias"] == [(vocab + 1) // 2]
+    assert split["tied"]
     assert_same_outputs(model, split)
 
 
