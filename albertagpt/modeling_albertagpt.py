@@ -6,6 +6,10 @@ pre-trained base, the model, the heads. It is self-contained (only `torch`, `tra
 sibling configuration file) because it is copied into Hub repositories as remote code.
 """
 
+# First: the configuration file refuses a transformers older than this file needs, with the `pip install` that fixes
+# it, before an import below fails less clearly.
+from .configuration_albertagpt import AlbertAGPTConfig  # isort: skip
+
 import os
 import re
 from collections.abc import Callable
@@ -33,8 +37,6 @@ from transformers.utils import TransformersKwargs, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
-
-from .configuration_albertagpt import AlbertAGPTConfig
 
 logger = logging.get_logger(__name__)
 

@@ -1,17 +1,24 @@
 """Saved folders hold safetensors + remote code and load identically, with and without the package."""
 
+import importlib
 import json
+import re
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_hub_snapshot, run_torchrun, run_without_package, tiny_config
+import transformers
+from helpers import REPO_ROOT, make_hub_snapshot, run_torchrun, run_without_package, tiny_config
+from packaging import version
 from parallel_load_worker import fixed_batch
 from safetensors.torch import load_file, save_file
 from test_modeling import ARCHITECTURE_IDS, ARCHITECTURES
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from albertagpt import AlbertAGPTForCausalLM, AlbertAGPTForSequenceClassification, AlbertAGPTModel
+from albertagpt.configuration_albertagpt import MIN_TRANSFORMERS_VERSION
 
 INPUT_IDS = [[5, 17, 33, 8, 61, 2], [9, 4, 4, 90, 12, 3]]
 
@@ -130,6 +137,56 @@ print(json.dumps({{
         )
     assert torch.equal(torch.tensor(result["logits"]), expected)
     assert result["generated"] == expected_generation.tolist()
+
+
+OLDER_TRANSFORMERS = "5.23.0"  # its `create_causal_mask` still takes `past_key_values`, not `cache`
+UPGRADE_MESSAGE = (
+    f"AlbertAGPT needs transformers>={MIN_TRANSFORMERS_VERSION}, but transformers {OLDER_TRANSFORMERS} is installed. "
+    f'Upgrade it: pip install "transformers>={MIN_TRANSFORMERS_VERSION}"'
+)
+
+
+@pytest.mark.parametrize("module", ["configuration_albertagpt", "modeling_albertagpt"])
+def test_the_remote_code_files_refuse_an_older_transformers_at_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str
+) -> None:
+    # The two files as a Hub repo holds them, imported as transformers imports remote code: a package of their own.
+    package = tmp_path / "remote_code_package"
+    package.mkdir()
+    (package / "__init__.py").touch()
+    for name in ("configuration_albertagpt.py", "modeling_albertagpt.py"):
+        shutil.copy(REPO_ROOT / "albertagpt" / name, package / name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(transformers, "__version__", OLDER_TRANSFORMERS)
+    try:
+        with pytest.raises(ImportError) as error:
+            importlib.import_module(f"remote_code_package.{module}")
+    finally:
+        for name in [name for name in sys.modules if name.startswith("remote_code_package")]:
+            del sys.modules[name]
+    assert str(error.value) == UPGRADE_MESSAGE
+
+
+def test_a_hub_repo_tells_a_user_with_an_older_transformers_what_to_install(tmp_path: Path) -> None:
+    _, folder = saved_model(tmp_path)
+    make_hub_snapshot(folder, tmp_path / "hub", "org/name")
+    code = f"""
+import transformers
+transformers.__version__ = "{OLDER_TRANSFORMERS}"
+from transformers import AutoModelForCausalLM
+try:
+    AutoModelForCausalLM.from_pretrained("org/name", trust_remote_code=True)
+    error = None
+except ImportError as raised:
+    error = str(raised)
+print(json.dumps({{"error": error}}))
+"""
+    assert run_without_package(code, tmp_path / "hub", tmp_path)["error"] == UPGRADE_MESSAGE
+
+
+def test_the_package_requires_the_transformers_the_remote_code_needs() -> None:
+    (lower_bound,) = re.findall(r'"transformers>=([0-9.]+)', (REPO_ROOT / "pyproject.toml").read_text())
+    assert version.parse(lower_bound) == version.parse(MIN_TRANSFORMERS_VERSION)
 
 
 def test_bfloat16_with_device_map_auto(tmp_path: Path) -> None:
