@@ -162,7 +162,10 @@ class AlbertAGPTModelTester:
         model.eval()
         result = model(input_ids, attention_mask=input_mask)
         result = model(input_ids)
-        self.parent.assertEqual(result.last_hidden_state.shape, (self.batch_size, self.seq_length, self.hidden_size))
+        # The base model ends with the LM head's dense, activation and LayerNorm: `embedding_size` wide.
+        self.parent.assertEqual(
+            result.last_hidden_state.shape, (self.batch_size, self.seq_length, self.embedding_size)
+        )
         # One cache slot per layer *application*, not per weight group.
         self.parent.assertEqual(len(result.cache), self.num_hidden_layers)
 

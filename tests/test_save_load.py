@@ -203,6 +203,16 @@ def test_bfloat16_with_device_map_auto(tmp_path: Path) -> None:
     torch.testing.assert_close(bf16, fp32, atol=0.25, rtol=0.05)
 
 
+@pytest.mark.parametrize("model_class", [AlbertAGPTModel, AlbertAGPTForCausalLM, AlbertAGPTForSequenceClassification])
+def test_the_tensor_parallel_plan_shards_the_word_embeddings(model_class: type) -> None:
+    # transformers' common tests require it of a decoder's plan: replicated, every rank holds the whole table
+    plan = model_class(tiny_config()).tp_plan
+    prefix = "" if model_class is AlbertAGPTModel else "model."
+    assert plan[f"{prefix}embeddings.word_embeddings"] == "embedding_rowwise"
+    if model_class is AlbertAGPTForCausalLM:  # tied to the embeddings, so sharded on the vocabulary too
+        assert plan["lm_head"] == "colwise_gather_output"
+
+
 def load_on_two_processes(parallelism: str, tmp_path: Path, **overrides) -> tuple[AlbertAGPTForCausalLM, dict]:
     """A saved model, and what `parallel_load_worker.py` measured of it loaded across two CPU processes."""
     torch.manual_seed(0)
