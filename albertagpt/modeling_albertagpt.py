@@ -48,17 +48,18 @@ AUTO_MAP = {
     "AutoModelForSequenceClassification": "modeling_albertagpt.AlbertAGPTForSequenceClassification",
 }
 
-# Checkpoints written before the head's dense, activation and LayerNorm moved into the base model (where TRL's fused
-# LM head needs them) name the head `lm_head.{dense,LayerNorm,decoder}`, as ALBERT's MLM head is named: they load
-# through these renamings. The ALBERT conversion below writes the current names.
-LEGACY_HEAD_RENAMINGS = {
+# Checkpoints name the LM head as ALBERT names its MLM head, `lm_head.{dense,LayerNorm,decoder}`; the model holds the
+# dense, activation and LayerNorm at the end of the base model (`model.head_transform`, where fused LM heads need
+# them) and the decoder alone as `lm_head`. `from_pretrained` renames on load and `save_pretrained` renames back, so
+# the checkpoint format does not depend on the module layout (checkpoints of earlier versions load unchanged).
+CHECKPOINT_HEAD_RENAMINGS = {
     r"^lm_head\.dense\.": "model.head_transform.dense.",
     r"^lm_head\.LayerNorm\.": "model.head_transform.LayerNorm.",
     r"^lm_head\.decoder\.": "lm_head.",
 }
 register_checkpoint_conversion_mapping(
     "albertagpt",
-    [WeightRenaming(source, target) for source, target in LEGACY_HEAD_RENAMINGS.items()],
+    [WeightRenaming(source, target) for source, target in CHECKPOINT_HEAD_RENAMINGS.items()],
     overwrite=True,  # this file runs once as the package's module and once more per remote-code copy
 )
 
