@@ -41,7 +41,7 @@ def trainer_arguments(config_class: type, output_dir: Path, **overrides):
         use_cpu=True,
         seed=0,
         disable_tqdm=True,
-        bf16=False,  # TRL's default on CPU too; float32 makes "the same loss" a tight comparison
+        bf16=False,  # TRL autocasts to bf16 by default; in float32 "the same loss" is a tight comparison
     )
     return config_class(**{**fields, **overrides})
 
@@ -55,22 +55,28 @@ def own_token_log_probs(model: AlbertAGPTForCausalLM, batch: dict, labels: torch
     return log_probs * (targets != -100)
 
 
-SFT_DATASETS = {
-    "text": lambda: Dataset.from_dict({"text": TEXTS}),
-    "packed text": lambda: Dataset.from_dict({"text": TEXTS}),
-    "prompt-completion": lambda: Dataset.from_dict(
-        {"prompt": [text[:40] for text in TEXTS], "completion": [text[40:120] for text in TEXTS]}
-    ),
-}
+TEXT_COLUMNS = {"text": TEXTS}
+PROMPT_COMPLETION_COLUMNS = {"prompt": [text[:40] for text in TEXTS], "completion": [text[40:120] for text in TEXTS]}
 
 
-@pytest.mark.parametrize("kind", list(SFT_DATASETS))
-def test_sft_trainer_trains_with_the_model_own_loss(kind: str, tokenizer, tmp_path: Path, fresh_accelerate_state):
+@pytest.mark.parametrize(
+    ("kind", "columns", "packing"),
+    [
+        ("text", TEXT_COLUMNS, False),
+        ("packed text", TEXT_COLUMNS, True),
+        ("prompt-completion", PROMPT_COMPLETION_COLUMNS, False),
+    ],
+    ids=["text", "packed-text", "prompt-completion"],
+)
+def test_sft_trainer_loss_is_the_model_loss(
+    kind: str, columns: dict, packing: bool, tokenizer, tmp_path: Path, fresh_accelerate_state
+) -> None:
     """After a few steps, the trainer's loss on a batch is the model's `loss` on it, and the fused head's per-token
     log-probabilities are the log-softmax of the model's logits."""
     model = tiny_model(tokenizer)
-    args = trainer_arguments(SFTConfig, tmp_path, max_length=64, packing=kind == "packed text")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=SFT_DATASETS[kind](), processing_class=tokenizer)
+    args = trainer_arguments(SFTConfig, tmp_path, max_length=64, packing=packing)
+    dataset = Dataset.from_dict(columns)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 3 and all(loss > 0 for loss in losses)
@@ -90,7 +96,7 @@ def test_sft_trainer_trains_with_the_model_own_loss(kind: str, tokenizer, tmp_pa
     torch.testing.assert_close(trainer_loss, own_loss, rtol=1e-6, atol=1e-6)
 
 
-def test_dpo_trainer_trains_with_the_model_own_log_probs(tokenizer, tmp_path: Path, fresh_accelerate_state):
+def test_dpo_trainer_loss_is_dpo_of_the_model_log_probs(tokenizer, tmp_path: Path, fresh_accelerate_state) -> None:
     """After a few steps, the trainer's loss on a batch is DPO's loss computed from the log-softmax of the logits of
     the model and of its reference."""
     model = tiny_model(tokenizer)
