@@ -334,8 +334,8 @@ class AlbertAGPTModel(AlbertAGPTPreTrainedModel):
     head transform (H -> E, activation, LayerNorm), so that `last_hidden_state` is `embedding_size` wide and the
     logits are `last_hidden_state @ word_embeddings.T + bias`, the form that tools fusing the LM head with the loss
     (TRL's trainers, Liger) compute. `output_hidden_states` gives the embedding output and every application's
-    `hidden_size` output. `add_head_transform=False` ends the model with the last application (what
-    `AlbertAGPTForSequenceClassification` pools)."""
+    `hidden_size` output. `add_head_transform=False` ends the model before the head transform, with `hidden_size`
+    wide states (what `AlbertAGPTForSequenceClassification` pools)."""
 
     def __init__(self, config: AlbertAGPTConfig, add_head_transform: bool = True):
         super().__init__(config)
