@@ -1,14 +1,28 @@
 """AlbertAGPT model configuration.
 
-This file is self-contained (it imports only transformers and huggingface_hub) because it is copied
-into Hub repositories as remote code next to `modeling_albertagpt.py`.
+This file is self-contained (it imports only transformers and its dependencies huggingface_hub and packaging) because
+it is copied into Hub repositories as remote code next to `modeling_albertagpt.py`.
 """
 
 import math
 
-from huggingface_hub.dataclasses import strict
-from transformers.activations import ACT2FN
-from transformers.configuration_utils import PreTrainedConfig
+import transformers
+from packaging import version
+
+# The oldest transformers the model runs on (5.24 renamed `past_key_values` to `cache`, in `create_causal_mask` too).
+# Hub users load this file and `modeling_albertagpt.py` as remote code without installing the package, so its
+# dependency bound never reaches them: importing this file (the modeling file imports it first) checks it, before
+# an older version fails in an import below or inside `generate`.
+MIN_TRANSFORMERS_VERSION = "5.24.0"
+if version.parse(transformers.__version__).release < version.parse(MIN_TRANSFORMERS_VERSION).release:
+    raise ImportError(
+        f"AlbertAGPT needs transformers>={MIN_TRANSFORMERS_VERSION}, but transformers {transformers.__version__} is "
+        f'installed. Upgrade it: pip install "transformers>={MIN_TRANSFORMERS_VERSION}"'
+    )
+
+from huggingface_hub.dataclasses import strict  # noqa: E402
+from transformers.activations import ACT2FN  # noqa: E402
+from transformers.configuration_utils import PreTrainedConfig  # noqa: E402
 
 # Where the block's norms sit and what they compute. The defaults are the architecture; the others exist for the
 # LayerNorm lab (`albertagpt.lab`), which measures what post-sublayer LayerNorm buys.
@@ -109,8 +123,10 @@ class AlbertAGPTConfig(PreTrainedConfig):
 
     model_type = "albertagpt"
     keys_to_ignore_at_inference = ["cache"]
-    # Tensor-parallel plan of the base model: shared blocks shard like any other block.
+    # Tensor-parallel plan of the base model: the word embeddings shard on the vocabulary (each rank holds a slice of
+    # the table, and the causal LM's tied `lm_head` shards with them), shared blocks shard like any other block.
     base_model_tp_plan = {
+        "embeddings.word_embeddings": "embedding_rowwise",
         "groups.*.self_attn.q_proj": "colwise",
         "groups.*.self_attn.k_proj": "colwise",
         "groups.*.self_attn.v_proj": "colwise",
@@ -212,4 +228,4 @@ class AlbertAGPTConfig(PreTrainedConfig):
             raise ValueError(f"`initializer_range` must be non-negative, got {self.initializer_range}.")
 
 
-__all__ = ["AlbertAGPTConfig", "deepnorm_settings"]
+__all__ = ["AlbertAGPTConfig", "MIN_TRANSFORMERS_VERSION", "deepnorm_settings"]

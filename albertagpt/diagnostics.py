@@ -203,7 +203,12 @@ class DiagnosticsRecorder:
         if hasattr(self.model, FINAL_NORM):
             self.handles.append(getattr(self.model, FINAL_NORM).register_forward_hook(self.final_norm_hook))
         self.handles.append(self.model.embedding_hidden_mapping_in.register_forward_hook(self.leave_embeddings))
-        self.handles.append(self.model.register_forward_hook(self.leave_model))
+        # The final hidden states are what the head reads: the head transform's input, or the output of a base model
+        # built without it (a classifier's).
+        if self.model.head_transform is not None:
+            self.handles.append(self.model.head_transform.register_forward_pre_hook(self.enter_head_transform))
+        else:
+            self.handles.append(self.model.register_forward_hook(self.leave_model))
         parameters = dict(self.model.named_parameters(remove_duplicate=False))
         for name in EMBEDDING_PARAMETERS:
             self.handles.append(parameters[name].register_post_accumulate_grad_hook(self.embedding_grad_hook(name)))
@@ -264,10 +269,16 @@ class DiagnosticsRecorder:
 
             output.register_hook(record_grad)
 
+    def enter_head_transform(self, head_transform: nn.Module, args: tuple) -> None:
+        self.record_final_hidden(args[0])
+
     def leave_model(self, model: nn.Module, args: tuple, output: object) -> None:
+        self.record_final_hidden(output.last_hidden_state)
+
+    def record_final_hidden(self, hidden: torch.Tensor) -> None:
         if not self.active:
             return
-        hidden = output.last_hidden_state.detach().float()  # (batch, positions, hidden)
+        hidden = hidden.detach().float()  # (batch, positions, hidden)
         positions = hidden.shape[1]
         if positions < 2:
             return

@@ -23,6 +23,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 from transformers.utils.hub import convert_file_size_to_int
 
+from .configuration_albertagpt import MIN_TRANSFORMERS_VERSION
 from .data import BUILTIN_HELD_OUT_EVERY, held_out_every
 from .modeling_albertagpt import AlbertAGPTForCausalLM
 from .training import METRICS_FILE, RECIPE_FILE, read_metrics
@@ -299,6 +300,7 @@ def render_model_card(
         metrics=metrics,
         loss_curve=LOSS_CURVE_FILENAME,
         transformers_version=transformers.__version__,
+        min_transformers_version=MIN_TRANSFORMERS_VERSION,
     )
 
 

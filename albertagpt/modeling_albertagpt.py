@@ -6,6 +6,10 @@ pre-trained base, the model, the heads. It is self-contained (only `torch`, `tra
 sibling configuration file) because it is copied into Hub repositories as remote code.
 """
 
+# First: the configuration file refuses a transformers older than this file needs, with the `pip install` that fixes
+# it, before an import below fails less clearly.
+from .configuration_albertagpt import AlbertAGPTConfig  # isort: skip
+
 import os
 import re
 from collections.abc import Callable
@@ -16,6 +20,8 @@ from transformers import AutoConfig
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
 from transformers.generation import GenerationMixin
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -32,8 +38,6 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_albertagpt import AlbertAGPTConfig
-
 logger = logging.get_logger(__name__)
 
 # One saved folder serves every Auto class; `save_pretrained` alone only records the saved class.
@@ -43,6 +47,21 @@ AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_albertagpt.AlbertAGPTForCausalLM",
     "AutoModelForSequenceClassification": "modeling_albertagpt.AlbertAGPTForSequenceClassification",
 }
+
+# Checkpoints name the LM head as ALBERT names its MLM head, `lm_head.{dense,LayerNorm,decoder}`; the model holds the
+# dense, activation and LayerNorm at the end of the base model (`model.head_transform`, where fused LM heads need
+# them) and the decoder alone as `lm_head`. `from_pretrained` renames on load and `save_pretrained` renames back, so
+# the checkpoint format does not depend on the module layout (checkpoints of earlier versions load unchanged).
+CHECKPOINT_HEAD_RENAMINGS = {
+    r"^lm_head\.dense\.": "model.head_transform.dense.",
+    r"^lm_head\.LayerNorm\.": "model.head_transform.LayerNorm.",
+    r"^lm_head\.decoder\.": "lm_head.",
+}
+register_checkpoint_conversion_mapping(
+    "albertagpt",
+    [WeightRenaming(source, target) for source, target in CHECKPOINT_HEAD_RENAMINGS.items()],
+    overwrite=True,  # this file runs once as the package's module and once more per remote-code copy
+)
 
 
 def hidden_dropout(config: AlbertAGPTConfig) -> nn.Module:
@@ -261,6 +280,20 @@ class AlbertAGPTLayer(GradientCheckpointingLayer):
         return hidden_states if self.residual_alpha == 1.0 else self.residual_alpha * hidden_states
 
 
+class AlbertAGPTHeadTransform(nn.Module):
+    """The first half of ALBERT's MLM head: H -> E, activation, LayerNorm. It ends the base model, so that
+    `last_hidden_state` is what the tied decoder (`lm_head`) multiplies."""
+
+    def __init__(self, config: AlbertAGPTConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.embedding_size)
+        self.act_fn = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.act_fn(self.dense(hidden_states)))
+
+
 class AlbertAGPTPreTrainedModel(PreTrainedModel):
     config: AlbertAGPTConfig
     base_model_prefix = "model"
@@ -297,15 +330,21 @@ class AlbertAGPTPreTrainedModel(PreTrainedModel):
 
 
 class AlbertAGPTModel(AlbertAGPTPreTrainedModel):
-    """Factorized embeddings, then `num_hidden_layers` applications of `num_hidden_groups` shared blocks."""
+    """Factorized embeddings, then `num_hidden_layers` applications of `num_hidden_groups` shared blocks, then the
+    head transform (H -> E, activation, LayerNorm), so that `last_hidden_state` is `embedding_size` wide and the
+    logits are `last_hidden_state @ word_embeddings.T + bias`, the form that tools fusing the LM head with the loss
+    (TRL's trainers, Liger) compute. `output_hidden_states` gives the embedding output and every application's
+    `hidden_size` output. `add_head_transform=False` ends the model before the head transform, with `hidden_size`
+    wide states (what `AlbertAGPTForSequenceClassification` pools)."""
 
-    def __init__(self, config: AlbertAGPTConfig):
+    def __init__(self, config: AlbertAGPTConfig, add_head_transform: bool = True):
         super().__init__(config)
         self.embeddings = AlbertAGPTEmbeddings(config)
         self.embedding_hidden_mapping_in = nn.Linear(config.embedding_size, config.hidden_size)
         self.groups = nn.ModuleList([AlbertAGPTLayer(config) for _ in range(config.num_hidden_groups)])
         if config.norm_position == "pre":  # pre-LN leaves the residual stream unnormalized: one norm before the head
             self.final_layernorm = block_norm(config)
+        self.head_transform = AlbertAGPTHeadTransform(config) if add_head_transform else None
         # Batch norms take their statistics over real tokens only, so they need to know which tokens are padding.
         self.norms_need_token_mask = config.norm_type == "batchnorm" and config.norm_position != "none"
         self.post_init()
@@ -346,7 +385,7 @@ class AlbertAGPTModel(AlbertAGPTPreTrainedModel):
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @merge_with_config_defaults
-    @capture_outputs
+    @capture_outputs(tie_last_hidden_states=False)  # the hidden states stay `hidden_size` wide, one per application
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -399,39 +438,24 @@ class AlbertAGPTModel(AlbertAGPTPreTrainedModel):
             )
         if self.config.norm_position == "pre":
             hidden_states = self.final_layernorm(hidden_states, **norm_kwargs)
+        if self.head_transform is not None:
+            hidden_states = self.head_transform(hidden_states)
 
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
 
 
-class AlbertAGPTLMHead(nn.Module):
-    """ALBERT's MLM head as the LM head: H -> E, activation, LayerNorm, then the tied E -> V decoder."""
-
-    def __init__(self, config: AlbertAGPTConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.embedding_size)
-        self.act_fn = ACT2FN[config.hidden_act]
-        self.LayerNorm = nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps)
-        self.decoder = nn.Linear(config.embedding_size, config.vocab_size)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.LayerNorm(self.act_fn(self.dense(hidden_states))))
-
-
 class AlbertAGPTForCausalLM(AlbertAGPTPreTrainedModel, GenerationMixin):
     # weight tying: the factorized head decodes with the token embedding matrix
-    _tied_weights_keys = {"lm_head.decoder.weight": "model.embeddings.word_embeddings.weight"}
+    _tied_weights_keys = {"lm_head.weight": "model.embeddings.word_embeddings.weight"}
+    # Sharded on the vocabulary like the `embedding_rowwise` word embeddings it is tied to, logits gathered.
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: AlbertAGPTConfig):
         super().__init__(config)
         self.model = AlbertAGPTModel(config)
-        self.lm_head = AlbertAGPTLMHead(config)
+        # ALBERT's MLM decoder: the base model ends with the head's dense, activation and LayerNorm.
+        self.lm_head = nn.Linear(config.embedding_size, config.vocab_size)
         self.post_init()
-
-    def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head.decoder
-
-    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
-        self.lm_head.decoder = new_embeddings
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple
@@ -523,7 +547,7 @@ class AlbertAGPTForSequenceClassification(AlbertAGPTPreTrainedModel):
     def __init__(self, config: AlbertAGPTConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.model = AlbertAGPTModel(config)
+        self.model = AlbertAGPTModel(config, add_head_transform=False)  # pools the last application's output
         self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
         self.post_init()
 
@@ -612,9 +636,9 @@ ALBERT_TO_ALBERTAGPT = {
     f"{ALBERT_LAYER}.ffn": "model.groups.*.mlp.up_proj",
     f"{ALBERT_LAYER}.ffn_output": "model.groups.*.mlp.down_proj",
     f"{ALBERT_LAYER}.full_layer_layer_norm": "model.groups.*.post_feedforward_layernorm",
-    "predictions.dense": "lm_head.dense",
-    "predictions.LayerNorm": "lm_head.LayerNorm",
-    "predictions.decoder": "lm_head.decoder",
+    "predictions.dense": "model.head_transform.dense",
+    "predictions.LayerNorm": "model.head_transform.LayerNorm",
+    "predictions.decoder": "lm_head",
 }
 # A causal LM reads one segment, so ALBERT's token type 0 is a constant added next to the position embeddings before
 # the embedding LayerNorm: folding it into them is exact. `predictions.bias` is a second name of the decoder's bias.

@@ -53,7 +53,7 @@ def main(out_dir: Path) -> None:
         "groups_are_units": [isinstance(group, FSDPModule) for group in model.model.groups],
         "root_is_unit": isinstance(model, FSDPModule),
         "embeddings_are_not_a_unit": not isinstance(model.model.embeddings, FSDPModule),
-        "tied": model.lm_head.decoder.weight is model.model.embeddings.word_embeddings.weight,
+        "tied": model.lm_head.weight is model.model.embeddings.word_embeddings.weight,
         "sharded": all(isinstance(p, DTensor) for p in model.parameters()),
         "local_rows": model.model.embeddings.word_embeddings.weight.to_local().shape[0],
     }

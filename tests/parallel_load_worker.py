@@ -35,9 +35,16 @@ def main(parallelism: str, model_dir: str, out_file: str) -> None:
         if hasattr(parameter, "to_local")
     }
     fsdp_units = [name for name, module in model.named_modules() if isinstance(module, FSDPModule)]
+    tied = model.lm_head.weight is model.model.embeddings.word_embeddings.weight
     if dist.get_rank() == 0:
         torch.save(
-            {"logits": logits, "continuation": continuation, "local_shapes": local_shapes, "fsdp_units": fsdp_units},
+            {
+                "logits": logits,
+                "continuation": continuation,
+                "local_shapes": local_shapes,
+                "fsdp_units": fsdp_units,
+                "tied": tied,
+            },
             out_file,
         )
     # Without it, a process that finishes first can tear down gloo under the other one (SIGABRT at exit).

@@ -91,8 +91,8 @@ def test_conversion_keeps_the_tied_head_and_the_dtype() -> None:
     albert = random_albert().to(torch.bfloat16)
     model = AlbertAGPTForCausalLM.from_albert(albert)
     assert model.dtype == torch.bfloat16 and not model.training
-    assert model.lm_head.decoder.weight is model.model.embeddings.word_embeddings.weight
-    assert torch.equal(model.lm_head.decoder.bias, albert.predictions.bias)
+    assert model.lm_head.weight is model.model.embeddings.word_embeddings.weight
+    assert torch.equal(model.lm_head.bias, albert.predictions.bias)
     positions = (
         albert.albert.embeddings.position_embeddings.weight + albert.albert.embeddings.token_type_embeddings.weight[0]
     )

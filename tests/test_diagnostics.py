@@ -28,7 +28,7 @@ def test_diagnostics_equal_values_computed_by_hand(variant: str) -> None:
     stats = diagnose_batch(model, {"input_ids": input_ids}, torch.optim.SGD(model.parameters(), lr=learning_rate))
 
     applications, final = written_out_forward(by_hand, input_ids)
-    logits = by_hand.lm_head(final[1] if final else applications[-1]["output"])
+    logits = by_hand.lm_head(by_hand.model.head_transform(final[1] if final else applications[-1]["output"]))
     loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), input_ids[:, 1:].flatten())
     outputs = [record["output"] for record in applications]
     groups = [list(block.parameters()) for block in by_hand.model.groups]

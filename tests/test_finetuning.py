@@ -56,7 +56,7 @@ def test_trainer_fine_tunes_the_causal_lm_and_its_loss_falls(tmp_path: Path) -> 
     losses = logged_losses(trainer)
     assert len(losses) == 8
     assert losses[-1] < 0.8 * losses[0], losses
-    assert model.lm_head.decoder.weight is model.model.embeddings.word_embeddings.weight
+    assert model.lm_head.weight is model.model.embeddings.word_embeddings.weight
 
 
 def classification_rows(count: int) -> list[dict]:

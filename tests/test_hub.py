@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, pipeline
 
 from albertagpt import AlbertAGPTForCausalLM, hub
+from albertagpt.configuration_albertagpt import MIN_TRANSFORMERS_VERSION
 from albertagpt.tokenizer import train_tokenizer
 
 REPO_ID = "albertagpt-tests/tiny-dry-run"
@@ -337,6 +338,11 @@ def test_card_metadata_and_text_report_what_the_run_measured(dry_run_repo, metri
     assert "alice" not in text and "output_dir: out" in text
     assert "![Training and held-out loss](loss_curve.png)" in text
     assert f'repo_id = "{REPO_ID}"' in text
+    # What a user of other tools needs: the transformers that runs the code, PEFT prompt tuning's width, TRL, lm-eval
+    assert f'pip install "transformers>={MIN_TRANSFORMERS_VERSION}"' in text
+    assert "token_dim=model.config.embedding_size" in text
+    assert "SFTTrainer(model=model" in text and "DPOTrainer(model=model" in text
+    assert f"lm_eval --model hf --model_args pretrained={REPO_ID},trust_remote_code=True --tasks" in text
     height, width, _ = imread(dry_run_repo / "loss_curve.png").shape
     assert (width, height) == (640, 400)
 

@@ -208,9 +208,9 @@ def test_a_run_whose_last_update_diverges_is_recorded_and_the_sweep_goes_on(work
     # One step at LR 1000 without warm-up: its loss was finite when checked, the weights after it are not, and the
     # final evaluation finds out (its sample generation used to crash the whole sweep).
     fields = {**recipe_fields(workspace, tmp_path), "max_steps": 1, "warmup_steps": 0, "eval_steps": 1}
-    grid = dict(min_learning_rate=1e-2, max_learning_rate=1e3, learning_rate_points=2)
+    grid = dict(min_learning_rate=3e-3, max_learning_rate=1e3, learning_rate_points=2)
     runs, _ = run_sweep(SweepRecipe(**fields, **grid, variants=["none"], processes=1))
-    assert [(run.learning_rate, run.diverged) for run in runs] == [(0.01, False), (1000.0, True)]
+    assert [(run.learning_rate, run.diverged) for run in runs] == [(0.003, False), (1000.0, True)]
     assert math.isnan(runs[1].final_eval_loss)
     log = tmp_path / "runs" / "L4_none_lr1000_warmup0_seed42" / "train.log"
     assert "Non-finite held-out loss" in log.read_text()

@@ -67,8 +67,8 @@ def reference_logits(model: AlbertAGPTForCausalLM, input_ids: torch.Tensor) -> t
         mlp = linear(gelu(linear(h, f"{g}.mlp.up_proj")), f"{g}.mlp.down_proj")
         h = layer_norm(alpha * h + mlp + (x if config.b2t_connection else 0), f"{g}.post_feedforward_layernorm")
 
-    z = layer_norm(gelu(linear(h, "lm_head.dense")), "lm_head.LayerNorm")
-    return z @ params["model.embeddings.word_embeddings.weight"].T + params["lm_head.decoder.bias"]
+    z = layer_norm(gelu(linear(h, "model.head_transform.dense")), "model.head_transform.LayerNorm")
+    return z @ params["model.embeddings.word_embeddings.weight"].T + params["lm_head.bias"]
 
 
 # --- architecture ---------------------------------------------------------------------------------
@@ -108,10 +108,10 @@ def test_factorized_embeddings_and_tied_factorized_head() -> None:
     word_embeddings = model.model.embeddings.word_embeddings
     assert word_embeddings.weight.shape == (config.vocab_size, config.embedding_size)
     assert model.model.embedding_hidden_mapping_in.weight.shape == (config.hidden_size, config.embedding_size)
-    assert model.lm_head.dense.weight.shape == (config.embedding_size, config.hidden_size)
+    assert model.model.head_transform.dense.weight.shape == (config.embedding_size, config.hidden_size)
     # weight tying: the decoder is the embedding matrix itself, not a copy
-    assert model.lm_head.decoder.weight is word_embeddings.weight
-    assert model.lm_head.decoder.bias.shape == (config.vocab_size,)
+    assert model.lm_head.weight is word_embeddings.weight
+    assert model.lm_head.bias.shape == (config.vocab_size,)
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -247,7 +247,8 @@ def test_attention_backends_give_the_same_logits_as_eager_with_padding(attn_impl
         eager = make_model("eager")(input_ids, attention_mask=attention_mask).logits
         other = make_model(attn_implementation)(input_ids, attention_mask=attention_mask).logits
     real = attention_mask.bool()
-    torch.testing.assert_close(other[real], eager[real], atol=1e-5, rtol=1e-5)
+    # float32 rounding of the large init's activations differs by up to ~3e-5 on logits of ~7; a mask bug gives ~1
+    torch.testing.assert_close(other[real], eager[real], atol=1e-4, rtol=1e-5)
 
 
 def test_padding_does_not_change_real_tokens() -> None:
@@ -359,9 +360,9 @@ def test_resize_token_embeddings_keeps_the_head_tied() -> None:
         before = model(input_ids).logits
     model.resize_token_embeddings(120)
     assert model.config.vocab_size == 120
-    assert model.lm_head.decoder.weight is model.model.embeddings.word_embeddings.weight
-    assert model.lm_head.decoder.weight.shape == (120, 16)
-    assert model.lm_head.decoder.bias.shape == (120,)
+    assert model.lm_head.weight is model.model.embeddings.word_embeddings.weight
+    assert model.lm_head.weight.shape == (120, 16)
+    assert model.lm_head.bias.shape == (120,)
     with torch.no_grad():
         after = model(input_ids).logits
     torch.testing.assert_close(after[..., :97], before)  # old tokens score as before

@@ -26,6 +26,7 @@ cache still has one slot per application.
 
 import tempfile
 import unittest
+import unittest.mock
 
 import pytest
 from transformers import PreTrainedModel, is_torch_available
@@ -40,6 +41,7 @@ try:  # transformers' own test modules: present only inside a transformers check
     from ...generation.test_utils import GenerationTesterMixin
     from ...test_configuration_common import ConfigTester
     from ...test_modeling_common import ModelTesterMixin, ids_tensor
+    from ...test_tensor_parallel_mixin import TensorParallelTesterMixin
 except ImportError:
     pytest.skip(
         "transformers' common tests need its tests/ folder: copy this file into a transformers checkout "
@@ -95,6 +97,7 @@ class AlbertAGPTModelTester:
         eos_token_id=2,
     ):
         self.parent = parent
+        self.causal_lm_class = AlbertAGPTForCausalLM  # the class `TensorParallelTesterMixin` shards
         self.batch_size = batch_size
         self.seq_length = seq_length
         self.is_training = is_training
@@ -170,7 +173,10 @@ class AlbertAGPTModelTester:
         model.eval()
         result = model(input_ids, attention_mask=input_mask)
         result = model(input_ids)
-        self.parent.assertEqual(result.last_hidden_state.shape, (self.batch_size, self.seq_length, self.hidden_size))
+        # The base model ends with the LM head's dense, activation and LayerNorm: `embedding_size` wide.
+        self.parent.assertEqual(
+            result.last_hidden_state.shape, (self.batch_size, self.seq_length, self.embedding_size)
+        )
         # One cache slot per layer *application*, not per weight group.
         self.parent.assertEqual(len(result.cache), self.num_hidden_layers)
 
@@ -193,10 +199,11 @@ class AlbertAGPTModelTester:
 
 
 @require_torch
-class AlbertAGPTModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCase):
+class AlbertAGPTModelTest(ModelTesterMixin, GenerationTesterMixin, TensorParallelTesterMixin, unittest.TestCase):
     all_model_classes = (
         (AlbertAGPTModel, AlbertAGPTForCausalLM, AlbertAGPTForSequenceClassification) if is_torch_available() else ()
     )
+    model_tester = None  # set by `setUp`; `TensorParallelTesterMixin` declares it as an abstract property
     model_tester_kwargs = {}
     # The upstream test skips models whose configuration file has no copyright year >= 2023 (older library models
     # whose `_init_weights` is not yet fixed); AlbertAGPT initializes every weight in `_init_weights`, so run it.
@@ -220,6 +227,14 @@ class AlbertAGPTModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.Test
     def test_for_sequence_classification(self):
         config_and_inputs = self.model_tester.prepare_config_and_inputs()
         self.model_tester.create_and_check_for_sequence_classification(*config_and_inputs)
+
+    def test_reverse_loading_mapping(self):
+        # The model's conversion mapping renames the LM head's checkpoint names (`lm_head.dense` ->
+        # `model.head_transform.dense`, ...), which only the causal LM saves: the base model and the classifier save
+        # their module names, so the upstream check that saving renamed some keys applies to the causal LM alone
+        # (upstream's `skip_base_model` does the same for models whose mapping only their head model shows).
+        with unittest.mock.patch.object(self, "all_model_classes", (AlbertAGPTForCausalLM,)):
+            super().test_reverse_loading_mapping()
 
     def attention_mask_padding_matches_padding_free_with_position_ids(
         self, attn_implementation: str, fa_kwargs: bool = False

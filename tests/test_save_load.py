@@ -1,16 +1,24 @@
 """Saved folders hold safetensors + remote code and load identically, with and without the package."""
 
+import importlib
 import json
+import re
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_hub_snapshot, run_torchrun, run_without_package, tiny_config
+import transformers
+from helpers import REPO_ROOT, make_hub_snapshot, run_torchrun, run_without_package, tiny_config
+from packaging import version
 from parallel_load_worker import fixed_batch
+from safetensors.torch import load_file, save_file
 from test_modeling import ARCHITECTURE_IDS, ARCHITECTURES
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from albertagpt import AlbertAGPTForCausalLM, AlbertAGPTForSequenceClassification, AlbertAGPTModel
+from albertagpt.configuration_albertagpt import MIN_TRANSFORMERS_VERSION
 
 INPUT_IDS = [[5, 17, 33, 8, 61, 2], [9, 4, 4, 90, 12, 3]]
 
@@ -49,7 +57,7 @@ def test_every_auto_class_loads_the_saved_folder_with_identical_logits(tmp_path:
     input_ids = torch.tensor(INPUT_IDS)
     loaded = AutoModelForCausalLM.from_pretrained(folder).eval()
     assert type(loaded) is AlbertAGPTForCausalLM
-    assert loaded.lm_head.decoder.weight is loaded.model.embeddings.word_embeddings.weight
+    assert loaded.lm_head.weight is loaded.model.embeddings.word_embeddings.weight
     with torch.no_grad():
         assert torch.equal(loaded(input_ids).logits, model(input_ids).logits)
         base = AutoModel.from_pretrained(folder).eval()
@@ -57,6 +65,41 @@ def test_every_auto_class_loads_the_saved_folder_with_identical_logits(tmp_path:
         assert torch.equal(base(input_ids).last_hidden_state, model.model(input_ids).last_hidden_state)
     classifier = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=3)
     assert type(classifier) is AlbertAGPTForSequenceClassification
+
+
+# The names the LM head had in memory before its dense and LayerNorm moved into the base model.
+OLD_HEAD_NAMES = {
+    "model.head_transform.dense.weight": "lm_head.dense.weight",
+    "model.head_transform.dense.bias": "lm_head.dense.bias",
+    "model.head_transform.LayerNorm.weight": "lm_head.LayerNorm.weight",
+    "model.head_transform.LayerNorm.bias": "lm_head.LayerNorm.bias",
+    "lm_head.bias": "lm_head.decoder.bias",
+}
+
+
+def test_a_checkpoint_with_the_old_head_names_loads_to_identical_logits(tmp_path: Path) -> None:
+    model, folder = saved_model(tmp_path)
+    old_layout = {
+        OLD_HEAD_NAMES.get(name, name): tensor.contiguous()
+        for name, tensor in model.state_dict().items()
+        if name != "lm_head.weight"  # tied: checkpoints leave it out
+    }
+    save_file(old_layout, folder / "model.safetensors", metadata={"format": "pt"})
+    input_ids = torch.tensor(INPUT_IDS)
+    loaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert loaded.lm_head.weight is loaded.model.embeddings.word_embeddings.weight
+    base = AutoModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids).logits, model(input_ids).logits)
+        assert torch.equal(base(input_ids).last_hidden_state, model.model(input_ids).last_hidden_state)
+
+
+def test_save_pretrained_keeps_the_checkpoint_names_of_the_head(tmp_path: Path) -> None:
+    # The checkpoint format does not change with the module layout: older code loads newer checkpoints too.
+    _, folder = saved_model(tmp_path)
+    names = set(load_file(folder / "model.safetensors"))
+    assert set(OLD_HEAD_NAMES.values()) <= names
+    assert not any(name.startswith("model.head_transform.") for name in names)
 
 
 @pytest.mark.parametrize("overrides", ARCHITECTURES, ids=ARCHITECTURE_IDS)
@@ -96,18 +139,78 @@ print(json.dumps({{
     assert result["generated"] == expected_generation.tolist()
 
 
+OLDER_TRANSFORMERS = "5.23.0"  # its `create_causal_mask` still takes `past_key_values`, not `cache`
+UPGRADE_MESSAGE = (
+    f"AlbertAGPT needs transformers>={MIN_TRANSFORMERS_VERSION}, but transformers {OLDER_TRANSFORMERS} is installed. "
+    f'Upgrade it: pip install "transformers>={MIN_TRANSFORMERS_VERSION}"'
+)
+
+
+@pytest.mark.parametrize("module", ["configuration_albertagpt", "modeling_albertagpt"])
+def test_the_remote_code_files_refuse_an_older_transformers_at_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str
+) -> None:
+    # The two files as a Hub repo holds them, imported as transformers imports remote code: a package of their own.
+    package = tmp_path / "remote_code_package"
+    package.mkdir()
+    (package / "__init__.py").touch()
+    for name in ("configuration_albertagpt.py", "modeling_albertagpt.py"):
+        shutil.copy(REPO_ROOT / "albertagpt" / name, package / name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(transformers, "__version__", OLDER_TRANSFORMERS)
+    try:
+        with pytest.raises(ImportError) as error:
+            importlib.import_module(f"remote_code_package.{module}")
+    finally:
+        for name in [name for name in sys.modules if name.startswith("remote_code_package")]:
+            del sys.modules[name]
+    assert str(error.value) == UPGRADE_MESSAGE
+
+
+def test_a_hub_repo_tells_a_user_with_an_older_transformers_what_to_install(tmp_path: Path) -> None:
+    _, folder = saved_model(tmp_path)
+    make_hub_snapshot(folder, tmp_path / "hub", "org/name")
+    code = f"""
+import transformers
+transformers.__version__ = "{OLDER_TRANSFORMERS}"
+from transformers import AutoModelForCausalLM
+try:
+    AutoModelForCausalLM.from_pretrained("org/name", trust_remote_code=True)
+    error = None
+except ImportError as raised:
+    error = str(raised)
+print(json.dumps({{"error": error}}))
+"""
+    assert run_without_package(code, tmp_path / "hub", tmp_path)["error"] == UPGRADE_MESSAGE
+
+
+def test_the_package_requires_the_transformers_the_remote_code_needs() -> None:
+    (lower_bound,) = re.findall(r'"transformers>=([0-9.]+)', (REPO_ROOT / "pyproject.toml").read_text())
+    assert version.parse(lower_bound) == version.parse(MIN_TRANSFORMERS_VERSION)
+
+
 def test_bfloat16_with_device_map_auto(tmp_path: Path) -> None:
     model, folder = saved_model(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(folder, device_map="auto", dtype=torch.bfloat16)
     assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
     assert {p.device.type for p in loaded.parameters()} == {"cuda" if torch.cuda.is_available() else "cpu"}
-    assert loaded.lm_head.decoder.weight is loaded.model.embeddings.word_embeddings.weight
+    assert loaded.lm_head.weight is loaded.model.embeddings.word_embeddings.weight
     input_ids = torch.tensor(INPUT_IDS)
     with torch.no_grad():
         bf16 = loaded(input_ids).logits.float()
         fp32 = model(input_ids).logits
     assert (bf16.argmax(-1) == fp32.argmax(-1)).float().mean() > 0.8
     torch.testing.assert_close(bf16, fp32, atol=0.25, rtol=0.05)
+
+
+@pytest.mark.parametrize("model_class", [AlbertAGPTModel, AlbertAGPTForCausalLM, AlbertAGPTForSequenceClassification])
+def test_the_tensor_parallel_plan_shards_the_word_embeddings(model_class: type) -> None:
+    # transformers' common tests require it of a decoder's plan: replicated, every rank holds the whole table
+    plan = model_class(tiny_config()).tp_plan
+    prefix = "" if model_class is AlbertAGPTModel else "model."
+    assert plan[f"{prefix}embeddings.word_embeddings"] == "embedding_rowwise"
+    if model_class is AlbertAGPTForCausalLM:  # tied to the embeddings, so sharded on the vocabulary too
+        assert plan["lm_head"] == "colwise_gather_output"
 
 
 def load_on_two_processes(parallelism: str, tmp_path: Path, **overrides) -> tuple[AlbertAGPTForCausalLM, dict]:
@@ -146,6 +249,11 @@ def test_tensor_parallel_loading_on_two_cpu_processes_matches_one(tmp_path: Path
     for group in range(model.config.num_hidden_groups):
         for name, shape in halves.items():
             assert split["local_shapes"][f"model.groups.{group}.{name}.weight"] == shape, (group, name)
+    # `embedding_rowwise`: rank 0 holds the first ceil(97 / 2) rows of the vocabulary; the head stays tied to them
+    vocab, embedding = model.config.vocab_size, model.config.embedding_size
+    assert split["local_shapes"]["model.embeddings.word_embeddings.weight"] == [(vocab + 1) // 2, embedding]
+    assert split["local_shapes"]["lm_head.bias"] == [(vocab + 1) // 2]
+    assert split["tied"]
     assert_same_outputs(model, split)
 
 

@@ -153,7 +153,7 @@ def test_run_writes_a_loadable_model_metrics_and_checkpoints(workspace, tmp_path
     assert len(tokenizer("print(x) " * 2000, truncation=True)["input_ids"]) == tokenizer.model_max_length
     # Tying survives `prepare` and training; the folder loads with the Auto classes and computes the same.
     model = result.model
-    assert model.lm_head.decoder.weight is model.model.embeddings.word_embeddings.weight
+    assert model.lm_head.weight is model.model.embeddings.word_embeddings.weight
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     assert isinstance(reloaded, AlbertAGPTForCausalLM)
     ids = torch.tensor([tokenizer("The class statement")["input_ids"]])

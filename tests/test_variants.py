@@ -135,12 +135,11 @@ def test_norm_placement_matches_the_variant_written_out(variant: str) -> None:
     with torch.no_grad():
         output = model(input_ids, output_hidden_states=True)
         applications, final = written_out_forward(model, input_ids)
-    # hidden_states: the embedding output, then one per application, the last one being what the head reads
+    # hidden_states: the embedding output, then one per application; the head reads the last (pre-LN: normed)
     expected = [record["output"] for record in applications]
-    if final is not None:
-        expected[-1] = final[1]
     torch.testing.assert_close(torch.stack(output.hidden_states[1:]), torch.stack(expected))
-    torch.testing.assert_close(output.logits, model.lm_head(expected[-1]))
+    head_input = expected[-1] if final is None else final[1]
+    torch.testing.assert_close(output.logits, model.lm_head(model.model.head_transform(head_input)))
 
 
 def test_pre_ln_names_its_norms_and_adds_a_final_norm() -> None:
