@@ -510,6 +510,7 @@ def plot_sweep(runs: list[SweepRun], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     depths = sorted({run.num_hidden_layers for run in runs})
     warmups = sorted({run.warmup_steps for run in runs})
@@ -518,9 +519,14 @@ def plot_sweep(runs: list[SweepRun], path: Path) -> None:
     figure, axes = plt.subplots(
         len(depths), len(warmups), figsize=(4 * len(warmups) + 2, 3.2 * len(depths)), squeeze=False, sharey="row"
     )
+    labelled_rows: set[int] = set()
     for row, depth in enumerate(depths):
         for column, warmup_steps in enumerate(warmups):
             panel = axes[row][column]
+            if not any((r.num_hidden_layers, r.warmup_steps) == (depth, warmup_steps) for r in runs):
+                panel.set_title(f"{depth} applications, warm-up {warmup_steps}: not swept", fontsize=9)
+                panel.axis("off")  # a grid may sweep fewer warm-ups at one depth (merged sweeps)
+                continue
             for variant in variants:
                 cell = [
                     r
@@ -545,12 +551,14 @@ def plot_sweep(runs: list[SweepRun], path: Path) -> None:
                 ceiling = max([r.initial_eval_loss for r in cell], default=1.0)
                 panel.scatter(failed, [ceiling] * len(failed), marker="x", s=40, color=colors[variant])
             panel.set_xscale("log")
+            panel.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # a narrow grid labels minor ticks
             panel.set_title(f"{depth} applications, warm-up {warmup_steps}", fontsize=9)
             panel.grid(True, which="both", alpha=0.3)
-            if row == len(depths) - 1:
-                panel.set_xlabel("peak learning rate")
-            if column == 0:
+            panel.set_xlabel("peak learning rate")
+            if row not in labelled_rows:  # the first panel drawn in the row: the ones left of it may be empty
+                labelled_rows.add(row)
                 panel.set_ylabel("final held-out loss")
+                panel.tick_params(labelleft=True)
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=110)

@@ -7,7 +7,7 @@ import torch
 from helpers import REPO_ROOT, tiny_config
 from transformers import AutoConfig
 
-from albertagpt import AlbertAGPTConfig, AlbertAGPTForCausalLM
+from albertagpt import AlbertAGPTConfig, AlbertAGPTForCausalLM, deepnorm_settings
 
 
 @pytest.mark.parametrize(
@@ -107,3 +107,24 @@ def test_presets_load_and_build(name: str) -> None:
     with torch.device("meta"):  # no memory for the big ones
         model = AlbertAGPTForCausalLM(config)
     assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == millions
+
+
+# The stabilisers each preset carries (docs/stability.md, "Depth"): B2T from 12 applications on, DeepNorm's
+# constants too at 24, where the lab measured the combination best.
+PRESET_STABILISERS = {  # (b2t_connection, DeepNorm's constants)
+    "tiny": (False, False),
+    "base": (True, False),
+    "xxlarge": (True, False),
+    "large": (True, True),
+    "xlarge": (True, True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRESET_STABILISERS))
+def test_presets_carry_the_stabilisers_the_lab_supports(name: str) -> None:
+    config = AlbertAGPTConfig.from_json_file(REPO_ROOT / "configs" / "model" / f"{name}.json")
+    b2t, deepnorm = PRESET_STABILISERS[name]
+    assert config.b2t_connection is b2t
+    expected = deepnorm_settings(config.num_hidden_layers) if deepnorm else {"residual_alpha": 1.0}
+    expected.setdefault("residual_init_scale", 1.0)
+    assert {"residual_alpha": config.residual_alpha, "residual_init_scale": config.residual_init_scale} == expected

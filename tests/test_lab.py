@@ -267,13 +267,15 @@ def test_sweep_runs_the_grid_through_the_training_loop_and_resumes(
     assert [Path(run_recipe.output_dir) for run_recipe in trained] == [lost_dir]
     assert repr(again[1:]) == repr(runs[1:]) and again[0].final_eval_loss == pytest.approx(runs[0].final_eval_loss)
     # An earlier sweep's CSV joins the results: its other depth is added, its copy of a grid point is not.
-    earlier = [replace(runs[0], num_hidden_layers=24), replace(runs[1], final_eval_loss=0.5)]
+    # Its warm-up differs, so some depth and warm-up panels of the plot have no runs.
+    earlier = [replace(runs[0], num_hidden_layers=24, warmup_steps=50), replace(runs[1], final_eval_loss=0.5)]
     write_csv(earlier, tmp_path / "earlier.csv")
     trained.clear()
     merged, merged_ranges = run_sweep(replace(recipe, include_csv=[str(tmp_path / "earlier.csv")]))
     assert not trained
     assert repr(merged) == repr([earlier[0], *again])
     assert repr(read_csv(tmp_path / "sweep.csv")) == repr(merged)
+    assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")
     assert [r.num_hidden_layers for r in merged_ranges] == [24] + [depth for depth in (2, 4) for _ in variants]
     # A changed recipe trains every run again: its results would not be comparable.
     trained.clear()
