@@ -527,6 +527,7 @@ def plot_sweep(runs: list[SweepRun], path: Path) -> None:
                 panel.set_title(f"{depth} applications, warm-up {warmup_steps}: not swept", fontsize=9)
                 panel.axis("off")  # a grid may sweep fewer warm-ups at one depth (merged sweeps)
                 continue
+            panel_drawn = panel
             for variant in variants:
                 cell = [
                     r
@@ -559,7 +560,9 @@ def plot_sweep(runs: list[SweepRun], path: Path) -> None:
                 labelled_rows.add(row)
                 panel.set_ylabel("final held-out loss")
                 panel.tick_params(labelleft=True)
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    # The variants of a panel that was drawn, placed right of the first row (whose last panel may be empty).
+    handles, labels = panel_drawn.get_legend_handles_labels()
+    axes[0][-1].legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
