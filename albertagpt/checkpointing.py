@@ -149,17 +149,21 @@ def checkpoint_problem(folder: Path, process_index: int = 0, num_processes: int 
     manifest = folder / CHECKPOINT_MANIFEST
     if not manifest.is_file():
         return None
+    # Every failure is a verdict, not an exception: the other processes wait for this one's verdict.
     try:
         entries = json.loads(manifest.read_text())
-    except json.JSONDecodeError as error:
-        return f"its file list {CHECKPOINT_MANIFEST} is not JSON ({error})"
-    expected = {
-        name: (entry, None) if isinstance(entry, int) else (entry["bytes"], entry["sha256"])
-        for name, entry in entries.items()
-    }
+        expected = {
+            name: (entry, None) if isinstance(entry, int) else (entry["bytes"], entry["sha256"])
+            for name, entry in entries.items()
+        }
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as error:
+        return f"its file list {CHECKPOINT_MANIFEST} is damaged ({type(error).__name__}: {error})"
     sizes = {name: size for name, (size, _) in expected.items()}
     for name in share_of_files(sizes, process_index, num_processes):
-        problem = file_problem(folder / name, *expected[name])
+        try:
+            problem = file_problem(folder / name, *expected[name])
+        except OSError as error:
+            problem = f"cannot be read ({error})"
         if problem is not None:
             return f"{name} {problem}"
     return None
@@ -220,16 +224,6 @@ def lock_output_dir(output_dir: Path, held: contextlib.ExitStack) -> str | None:
     return None
 
 
-__all__ = [
-    "CHECKPOINT_MANIFEST",
-    "exclusive_output_dir",
-    "latest_checkpoint",
-    "list_checkpoints",
-    "save_checkpoint",
-    "verify_checkpoint",
-]
-
-
 def drop_tied_weights(models: list[torch.nn.Module], weights: list[dict], output_dir: str) -> None:
     """`save_state` pre-hook: leave out the copies the model declares tied, as `save_pretrained` does (Accelerate
     would drop them too, but with a warning that a user cannot act on); loading ties them again. Under FSDP and
@@ -239,3 +233,14 @@ def drop_tied_weights(models: list[torch.nn.Module], weights: list[dict], output
         for key in list(state_dict):  # a wrapper may prefix the keys (`module.` under DDP)
             if any(key == target or key.endswith(f".{target}") for target in tied):
                 del state_dict[key]
+
+
+__all__ = [
+    "CHECKPOINT_MANIFEST",
+    "drop_tied_weights",
+    "exclusive_output_dir",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "save_checkpoint",
+    "verify_checkpoint",
+]

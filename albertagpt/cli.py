@@ -115,8 +115,6 @@ def convert_numbers(recipe_type: type, values: dict[str, Any]) -> dict[str, Any]
 def read_yaml_recipe(path: str | Path) -> dict:
     """The field: value mapping of a recipe file, or of a shipped recipe named by name (`tiny`)."""
     path = resolve_preset(path, "train")
-    if not path.is_file():
-        raise FileNotFoundError(f"Recipe file {str(path)!r} is not a file.")
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
         raise ValueError(f"Recipe file {str(path)!r} must hold a mapping of field: value.")

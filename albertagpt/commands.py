@@ -56,12 +56,12 @@ def parse_recipe_or_exit(recipe_type: type[Recipe], argv: Sequence[str] | None, 
 def train_main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     """Pretrain AlbertAGPT with Accelerate, from one CPU to many GPUs and nodes.
 
-    albertagpt train --config tiny [--field value ...]
-    accelerate launch [--config_file configs/accelerate/X.yaml] -m albertagpt train --config base [...]
+        albertagpt train --config tiny [--field value ...]
+        accelerate launch [--config_file configs/accelerate/X.yaml] -m albertagpt train --config base [...]
 
-Every field of the recipe can be given in the YAML file (a path, or a shipped recipe's name: tiny, base) and
-overridden as `--field value`; `--help` lists them. Resume after a crash with `--resume_from_checkpoint latest`.
-"""
+    Every field of the recipe can be given in the YAML file (a path, or a shipped recipe's name: tiny, base) and
+    overridden as `--field value`; `--help` lists them. Resume after a crash with `--resume_from_checkpoint latest`.
+    """
 
     train(parse_recipe_or_exit(TrainingRecipe, argv, train_main, prog))
 
@@ -69,12 +69,12 @@ overridden as `--field value`; `--help` lists them. Resume after a crash with `-
 def train_tokenizer_main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     """Train a byte-level BPE tokenizer with `<pad>`, `<s>`, `</s>` and save it for `AutoTokenizer.from_pretrained`.
 
-    albertagpt train-tokenizer --output_dir DIR [--train_files F ...] [--dataset_name N
-        [--dataset_config_name C]] [--builtin_corpus docs|stdlib] [--text_column text] [--vocab_size 8000]
+        albertagpt train-tokenizer --output_dir DIR [--train_files F ...] [--dataset_name N
+            [--dataset_config_name C]] [--builtin_corpus docs|stdlib] [--text_column text] [--vocab_size 8000]
 
-With no files and no data set it trains on the built-in corpus (Python's documentation). Only the training
-split is read; the held-out documents stay unseen.
-"""
+    With no files and no data set it trains on the built-in corpus (Python's documentation). Only the training
+    split is read; the held-out documents stay unseen.
+    """
 
     recipe = parse_recipe_or_exit(TokenizerRecipe, argv, train_tokenizer_main, prog)
     try:
@@ -87,11 +87,11 @@ split is read; the held-out documents stay unseen.
 def push_main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     """Publish a trained output folder as a Hugging Face Hub model repo (weights, tokenizer, remote code, card).
 
-    albertagpt push --model_dir OUT --repo_id ORG/NAME [--private] [--revision BRANCH]
-        [--commit_message MSG] [--dry_run DIR] [--max_shard_size 5GB]
+        albertagpt push --model_dir OUT --repo_id ORG/NAME [--private] [--revision BRANCH]
+            [--commit_message MSG] [--dry_run DIR] [--max_shard_size 5GB]
 
-Uploads with the token of `hf auth login` or HF_TOKEN; --dry_run DIR only writes the repo folder to DIR.
-"""
+    Uploads with the token of `hf auth login` or HF_TOKEN; --dry_run DIR only writes the repo folder to DIR.
+    """
 
     parser = argparse.ArgumentParser(
         prog=prog, description=push_main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -137,16 +137,16 @@ def convert_albert_main(argv: Sequence[str] | None = None, prog: str | None = No
 def sweep_main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     """The LayerNorm lab's sweep of norm variants over depths, warm-ups, learning rates and seeds.
 
-Short training runs of each norm variant over depths, warm-up lengths, a log-spaced grid of learning rates and
-seeds, on the same data (docs/stability.md).
+    Short training runs of each norm variant over depths, warm-up lengths, a log-spaced grid of learning rates and
+    seeds, on the same data (docs/stability.md).
 
-    albertagpt sweep --config lr_sweep [--field value ...]
+        albertagpt sweep --config lr_sweep [--field value ...]
 
-Every field of the training recipe applies to every run; the sweep adds `--variants`, `--min_learning_rate`,
-`--max_learning_rate`, `--learning_rate_points`, `--depths`, `--warmups`, `--seeds`, `--tolerance` and
-`--processes`. It writes `sweep.csv`, `sweep.png` and `usable_lr.md` to `output_dir`, one folder per run under
-`output_dir/runs`; the same command after a kill trains only the runs that are missing.
-"""
+    Every field of the training recipe applies to every run; the sweep adds `--variants`, `--min_learning_rate`,
+    `--max_learning_rate`, `--learning_rate_points`, `--depths`, `--warmups`, `--seeds`, `--tolerance` and
+    `--processes`. It writes `sweep.csv`, `sweep.png` and `usable_lr.md` to `output_dir`, one folder per run under
+    `output_dir/runs`; the same command after a kill trains only the runs that are missing.
+    """
 
     recipe = parse_recipe_or_exit(SweepRecipe, argv, sweep_main, prog)
     runs, _ = run_sweep(recipe)
@@ -157,15 +157,15 @@ Every field of the training recipe applies to every run; the sweep adds `--varia
 def quality_main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     """Quality benchmark: AlbertAGPT against GPT-2 at equal compute and at equal parameter count.
 
-AlbertAGPT and GPT-2 (`GPT2LMHeadModel`) at equal compute per token and at equal parameter count, trained through
-the same loop on the same data, tokenizer and number of tokens, each at its own best learning rate of a small
-grid, over seeds (docs/quality.md).
+    AlbertAGPT and GPT-2 (`GPT2LMHeadModel`) at equal compute per token and at equal parameter count, trained through
+    the same loop on the same data, tokenizer and number of tokens, each at its own best learning rate of a small
+    grid, over seeds (docs/quality.md).
 
-    albertagpt quality --config quality [--field value ...]
+        albertagpt quality --config quality [--field value ...]
 
-Every field of the training recipe applies to every run (`model_config` is AlbertAGPT's); the benchmark adds
-`--learning_rates`, `--seeds`, `--results_file`, `--plot_file` and `--processes`.
-"""
+    Every field of the training recipe applies to every run (`model_config` is AlbertAGPT's); the benchmark adds
+    `--learning_rates`, `--seeds`, `--results_file`, `--plot_file` and `--processes`.
+    """
 
     recipe = parse_recipe_or_exit(QualityRecipe, argv, quality_main, prog)
     runs = run_quality_benchmark(recipe)
@@ -239,7 +239,7 @@ def plot_main(argv: Sequence[str] | None = None, prog: str | None = None) -> Non
     """Draw the loss curve of a training run (training loss per logged step, held-out loss per evaluation).
 
     albertagpt plot OUTPUT_DIR/metrics.jsonl loss_curve.png
-"""
+    """
 
     parser = argparse.ArgumentParser(
         prog=prog, description=plot_main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -110,8 +110,12 @@ class SweepRecipe(TrainingRecipe):
     seeds: list[int] = recipe_field(
         default_factory=list, on_resume=OnResume.TAKES_EFFECT, help="Seeds of every cell; empty: the recipe's seed."
     )
-    min_learning_rate: float = recipe_field(3e-4, on_resume=OnResume.TAKES_EFFECT)
-    max_learning_rate: float = recipe_field(1e-1, on_resume=OnResume.TAKES_EFFECT)
+    min_learning_rate: float = recipe_field(
+        3e-4, on_resume=OnResume.TAKES_EFFECT, help="Lowest peak learning rate of the grid."
+    )
+    max_learning_rate: float = recipe_field(
+        1e-1, on_resume=OnResume.TAKES_EFFECT, help="Highest peak learning rate of the grid."
+    )
     learning_rate_points: int = recipe_field(
         6, on_resume=OnResume.TAKES_EFFECT, help="Log-spaced learning rates, both ends included."
     )
@@ -225,7 +229,7 @@ def run_sweep(recipe: SweepRecipe) -> tuple[list[SweepRun], list[UsableRange]]:
     tokenizer = recipe.tokenizer or str(shared_tokenizer(recipe, output_dir / "tokenizer"))
     base = {item.name: getattr(recipe, item.name) for item in fields(TrainingRecipe)}
     base.update(tokenizer=tokenizer, report_to=["none"], resume_from_checkpoint=None)
-    done, to_run, included = {}, [], []
+    done, to_run, included = {}, [], {}
     for depth in recipe.depth_grid():
         for variant in recipe.variants:
             config = read_model_config(recipe.model_config)
@@ -255,12 +259,12 @@ def run_sweep(recipe: SweepRecipe) -> tuple[list[SweepRun], list[UsableRange]]:
                             to_run.append((key, variant, depth, run_recipe))
 
     for path in recipe.include_csv:  # read before training, so that a missing file is named at once
-        included.extend(read_csv(path))
+        included.update((run_key(run), run) for run in read_csv(path))  # a run in two files counts once
     trained = map_in_processes(run_one, [task[1:] for task in to_run], recipe.processes)
     done.update(zip([key for key, *_ in to_run], trained, strict=True))
     runs = [done[key] for key in sorted(done)]
     grid_points = {run_key(run) for run in runs}
-    runs = [run for run in included if run_key(run) not in grid_points] + runs
+    runs = [run for key, run in included.items() if key not in grid_points] + runs
 
     ranges = usable_lr_ranges(runs, recipe.tolerance)
     write_csv(runs, output_dir / "sweep.csv")
@@ -318,17 +322,19 @@ def run_one(variant: str, num_hidden_layers: int, recipe: TrainingRecipe) -> Swe
     removed afterwards (the final model, `metrics.jsonl` and the result in `run_result.json` stay)."""
     # A run stalled on the post-LN plateau drives values into subnormal floats, which a CPU computes tens of times
     # slower (8 s instead of 0.2 s a step at 24 applications); flushed to zero they change no loss that matters.
-    torch.set_flush_denormal(True)
     run_dir = Path(recipe.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     final_train = math.nan
+    torch.set_flush_denormal(True)
     with open(run_dir / "train.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         try:
             result = train(recipe)
             final_train = training_blocks_loss(recipe, result.model, result.tokenizer)
         except FloatingPointError as error:  # the loop stops before a non-finite loss updates the weights
             print(error)
+        finally:
+            torch.set_flush_denormal(False)  # torch's default, for whatever else runs in this process
     seconds = time.perf_counter() - start
     for checkpoint in list_checkpoints(run_dir):
         shutil.rmtree(checkpoint)

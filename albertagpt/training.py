@@ -436,6 +436,12 @@ def read_model_config(model_config: str) -> PreTrainedConfig:
     return AutoConfig.for_model(model_type).from_json_file(path)
 
 
+def saved_model_folder(recipe: TrainingRecipe) -> Path | None:
+    """The saved model the recipe continues from, or None when `model_config` is a config (a file or a preset)."""
+    path = resolve_preset(recipe.model_config, "model")
+    return path if path.is_dir() else None
+
+
 def has_tokenizer(folder: str | Path) -> bool:
     return (Path(folder) / "tokenizer_config.json").is_file()
 
@@ -449,12 +455,12 @@ def prepare_tokenizer(
     A new one is trained on the training split by the main process and saved to `output_dir`, where the
     other processes load it.
     """
-    for candidate in (checkpoint, recipe.tokenizer, recipe.model_config):
+    for candidate in (checkpoint, recipe.tokenizer, saved_model_folder(recipe)):
         if candidate is not None and has_tokenizer(candidate):
             return AutoTokenizer.from_pretrained(candidate)
     if recipe.tokenizer is not None:
         raise FileNotFoundError(f"`tokenizer` {recipe.tokenizer!r} is not a tokenizer folder.")
-    if Path(recipe.model_config).is_dir():
+    if saved_model_folder(recipe) is not None:
         raise FileNotFoundError(
             f"The model to continue from, {recipe.model_config!r}, has no tokenizer: pass `tokenizer` (the folder of "
             "the tokenizer it was trained with). A newly trained tokenizer's ids would not match its embeddings."
@@ -472,8 +478,8 @@ def prepare_tokenizer(
 
 def build_model(recipe: TrainingRecipe, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     """A new model whose vocabulary is the tokenizer's, or the saved model to continue from."""
-    path = Path(recipe.model_config)
-    if path.is_dir():
+    path = saved_model_folder(recipe)
+    if path is not None:
         model = AutoModelForCausalLM.from_pretrained(path)
         if len(tokenizer) > model.config.vocab_size:
             raise ValueError(
@@ -834,6 +840,8 @@ def fit(run: Run) -> None:
     recipe, accelerator, progress, model = run.recipe, run.accelerator, run.progress, run.model
     if progress.step == 0:
         progress.initial_eval_loss, _ = evaluate_and_log(run, 0)
+    if progress.step < recipe.max_steps:  # a run continued past an earlier `max_steps`: that evaluation is stale
+        progress.final_eval_loss, progress.final_sample = None, ""
     batches = micro_batches(run.train_loader, accelerator, progress)
     progress_bar = tqdm(
         total=recipe.max_steps, initial=progress.step, desc="training", disable=not accelerator.is_main_process
@@ -949,7 +957,7 @@ def evaluate_final_model(run: Run) -> None:
 def finish(run: Run) -> TrainingResult:
     """Saves the final model and tokenizer in `output_dir` and reports the run."""
     accelerator, progress, output_dir = run.accelerator, run.progress, run.output_dir
-    if progress.final_eval_loss is None:  # resumed at `max_steps` from a checkpoint written before it was kept
+    if progress.final_eval_loss is None:  # resumed at `max_steps` from a checkpoint that does not hold it
         evaluate_final_model(run)
     model = run.unwrapped_model
     model.save_pretrained(

@@ -67,10 +67,17 @@ def test_presets_resolve_by_name_and_a_path_wins(tmp_path: Path, monkeypatch: py
             ).read_bytes()
     assert read_model_config("base").hidden_size == 768
 
+    # A bare name is the preset, even where the working directory holds a file or folder of that name (a run's
+    # `--output_dir tiny`); `./tiny` names the local one.
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny").write_text(json.dumps({"hidden_size": 32, "num_attention_heads": 2}))
-    assert resolve_preset("tiny", "model") == Path("tiny")  # a file of that name in the working directory
-    assert read_model_config("tiny").hidden_size == 32
+    (tmp_path / "base").mkdir()
+    assert resolve_preset("tiny", "model") == PRESETS_DIR / "model" / "tiny.json"
+    assert resolve_preset("base", "train") == PRESETS_DIR / "train" / "base.yaml"
+    assert read_model_config("./tiny").hidden_size == 32
+    assert read_model_config("tiny").hidden_size == 128
+    with pytest.raises(FileNotFoundError, match="`config` './base' is neither a recipe file"):
+        resolve_preset("./base", "train")  # a folder is no recipe
     with pytest.raises(FileNotFoundError, match=r"`model_config` 'tinyy' .* presets are: base, lab, large, tiny"):
         read_model_config("tinyy")
 
@@ -90,9 +97,7 @@ def environment_with_wheel(wheel: Path, venv: Path) -> Path:
     come from this test's environment through a path file, so nothing is downloaded."""
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", str(wheel)], check=True
-    )
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", str(wheel)], check=True)
     site_packages = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True,

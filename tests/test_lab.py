@@ -270,9 +270,13 @@ def test_sweep_runs_the_grid_through_the_training_loop_and_resumes(
     # Its warm-up differs, so some depth and warm-up panels of the plot have no runs.
     earlier = [replace(runs[0], num_hidden_layers=24, warmup_steps=50), replace(runs[1], final_eval_loss=0.5)]
     write_csv(earlier, tmp_path / "earlier.csv")
+    write_csv(earlier, tmp_path / "earlier_again.csv")  # a run in two included files counts once
     trained.clear()
-    merged, merged_ranges = run_sweep(replace(recipe, include_csv=[str(tmp_path / "earlier.csv")]))
+    included = [str(tmp_path / "earlier.csv"), str(tmp_path / "earlier_again.csv")]
+    merged, merged_ranges = run_sweep(replace(recipe, include_csv=included))
     assert not trained
+    # The sweep flushed subnormal floats while its runs trained, and stops when they are done.
+    assert torch.tensor([1e-39]).mul(1.0).item() != 0
     assert repr(merged) == repr([earlier[0], *again])
     assert repr(read_csv(tmp_path / "sweep.csv")) == repr(merged)
     assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")

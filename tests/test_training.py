@@ -921,3 +921,39 @@ def test_fsdp2_wrap_plan_on_two_cpu_processes_matches_one(tmp_path):
     # The comparison has teeth: three steps moved the weights far more than the tolerance.
     with torch.no_grad():
         assert (fsdp_test_model()(input_ids=probe).logits - reference(input_ids=probe).logits).abs().max() > 1e-2
+
+
+def test_a_run_continued_past_max_steps_reports_its_own_final_evaluation(workspace, tmp_path):
+    """A run trained to 4 steps, continued to 8: its checkpoint at 6 must not carry the step-4 final evaluation, so
+    that resuming it as the end of a 6-step run evaluates the step-6 model."""
+    output_dir = tmp_path / "run"
+    common = dict(eval_steps=2, checkpointing_steps=2, save_total_limit=None)
+    first = train(make_recipe(workspace, output_dir, max_steps=4, **common))
+    train(make_recipe(workspace, output_dir, max_steps=8, resume_from_checkpoint="latest", **common))
+    at_step = {
+        row["step"]: row["eval_loss"] for row in read_metrics(output_dir / "metrics.jsonl") if "eval_loss" in row
+    }
+    resumed = train(
+        make_recipe(
+            workspace, output_dir, max_steps=6, resume_from_checkpoint=str(output_dir / "checkpoint-6"), **common
+        )
+    )
+    assert first.final_eval_loss == pytest.approx(at_step[4])
+    assert resumed.final_eval_loss == pytest.approx(at_step[6]) and at_step[6] != pytest.approx(at_step[4])
+
+
+def test_a_malformed_manifest_or_unreadable_file_is_a_verdict_not_an_exception(tmp_path):
+    """Each process checks its share and then waits for the others' verdicts: an exception on one process would
+    leave the others waiting, so every failure must come back as a problem."""
+    (tmp_path / "weights.bin").write_bytes(b"12345")
+    manifest = tmp_path / CHECKPOINT_MANIFEST
+    manifest.write_text(json.dumps({"weights.bin": {"bytes": 5}}))  # no sha256
+    assert "is damaged (KeyError" in checkpoint_problem(tmp_path)
+    manifest.write_text(json.dumps(["weights.bin"]))
+    assert "is damaged (AttributeError" in checkpoint_problem(tmp_path)
+    (tmp_path / "weights.bin").unlink()
+    (tmp_path / "weights.bin").mkdir()  # a size but no readable content
+    manifest.write_text(
+        json.dumps({"weights.bin": {"bytes": (tmp_path / "weights.bin").stat().st_size, "sha256": "0"}})
+    )
+    assert checkpoint_problem(tmp_path).startswith("weights.bin ")
