@@ -156,7 +156,9 @@ def checkpoint_problem(folder: Path, process_index: int = 0, num_processes: int 
             name: (entry, None) if isinstance(entry, int) else (entry["bytes"], entry["sha256"])
             for name, entry in entries.items()
         }
-    except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as error:
+    except json.JSONDecodeError as error:
+        return f"its file list {CHECKPOINT_MANIFEST} is not JSON ({error})"
+    except (AttributeError, KeyError, TypeError) as error:
         return f"its file list {CHECKPOINT_MANIFEST} is damaged ({type(error).__name__}: {error})"
     sizes = {name: size for name, (size, _) in expected.items()}
     for name in share_of_files(sizes, process_index, num_processes):
@@ -224,20 +226,36 @@ def lock_output_dir(output_dir: Path, held: contextlib.ExitStack) -> str | None:
     return None
 
 
-def drop_tied_weights(models: list[torch.nn.Module], weights: list[dict], output_dir: str) -> None:
-    """`save_state` pre-hook: leave out the copies the model declares tied, as `save_pretrained` does (Accelerate
-    would drop them too, but with a warning that a user cannot act on); loading ties them again. Under FSDP and
-    DeepSpeed `weights` is empty: those engines save the model themselves."""
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # what DDP and `torch.compile` put before the model's own names
+
+
+def save_weights_as_save_pretrained(models: list[torch.nn.Module], weights: list[dict], output_dir: str) -> None:
+    """`save_state` pre-hook: a checkpoint's weights named as `save_pretrained` names them, so that
+    `from_pretrained(checkpoint)` loads them: without the prefixes of a wrapper (Accelerate saves a DDP model's
+    keys as `module.*`), and without the copies the model declares tied (Accelerate would drop them too, but with
+    a warning that a user cannot act on); loading ties them again. Under FSDP and DeepSpeed `weights` is empty:
+    those engines save the model themselves."""
     for model, state_dict in zip(models, weights, strict=False):
         tied = getattr(extract_model_from_parallel(model), "all_tied_weights_keys", None) or {}
-        for key in list(state_dict):  # a wrapper may prefix the keys (`module.` under DDP)
-            if any(key == target or key.endswith(f".{target}") for target in tied):
-                del state_dict[key]
+        for key in list(state_dict):
+            name = key
+            while name.startswith(WRAPPER_PREFIXES):
+                name = name.split(".", 1)[1]
+            value = state_dict.pop(key)
+            if name not in tied:
+                state_dict[name] = value
+
+
+def load_weights_into_unwrapped_models(models: list[torch.nn.Module], input_dir: str) -> None:
+    """`load_state` pre-hook: the weights `save_weights_as_save_pretrained` wrote carry the model's own names, so
+    they load into the model inside a wrapper (whose parameters the wrapper shares)."""
+    models[:] = [extract_model_from_parallel(model) for model in models]
 
 
 __all__ = [
     "CHECKPOINT_MANIFEST",
-    "drop_tied_weights",
+    "load_weights_into_unwrapped_models",
+    "save_weights_as_save_pretrained",
     "exclusive_output_dir",
     "latest_checkpoint",
     "list_checkpoints",

@@ -43,11 +43,12 @@ from transformers import (
 from .checkpointing import (
     CHECKPOINT_MODEL_CONFIG,
     RECIPE_FILE,
-    drop_tied_weights,
     exclusive_output_dir,
     latest_checkpoint,
     list_checkpoints,
+    load_weights_into_unwrapped_models,
     save_checkpoint,
+    save_weights_as_save_pretrained,
     verify_checkpoint,
     write_recipe,
 )
@@ -752,7 +753,8 @@ def make_accelerator(recipe: TrainingRecipe, progress: TrainingProgress) -> Acce
         log_with=[JsonlTracker(Path(recipe.output_dir) / METRICS_FILE, progress), *trackers],
         project_dir=recipe.output_dir,
     )
-    accelerator.register_save_state_pre_hook(drop_tied_weights)
+    accelerator.register_save_state_pre_hook(save_weights_as_save_pretrained)
+    accelerator.register_load_state_pre_hook(load_weights_into_unwrapped_models)
     # Set by the recipe or by `accelerate launch`, fp16 on a CPU would train in fp32 without a word.
     if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise ValueError("`mixed_precision` fp16 needs a GPU; on a CPU use bf16, or no.")

@@ -317,9 +317,22 @@ def test_two_processes_equal_one_with_the_same_global_batch(workspace, tmp_path)
     assert len(eval_losses[0]) == 3
     torch.testing.assert_close(torch.tensor(eval_losses[1]), torch.tensor(eval_losses[0]), rtol=0, atol=1e-4)
 
+    # The checkpoint's weights carry the model's own names, not DDP's `module.*`: `from_pretrained` loads them, and
+    # two processes resume from them (into the model inside the DDP wrapper).
+    checkpoint = tmp_path / "two" / "checkpoint-6"
+    torch.testing.assert_close(fixed_batch_logits(checkpoint), fixed_batch_logits(tmp_path / "two"), rtol=0, atol=0)
+    resumed = subprocess.run(
+        launch + ["scripts/train.py", "--config", str(config), "--resume_from_checkpoint", "latest"],
+        cwd=REPO_ROOT,
+        env={**subprocess_env(tmp_path), "ACCELERATE_USE_CPU": "true"},
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stdout + resumed.stderr
+
     # Resuming, each process hashes its share of the checkpoint's files; a damaged file in the second process's share
     # stops both processes, with the same message.
-    checkpoint = tmp_path / "two" / "checkpoint-6"
     sizes = {
         name: entry["bytes"] for name, entry in json.loads((checkpoint / CHECKPOINT_MANIFEST).read_text()).items()
     }
