@@ -297,13 +297,13 @@ def test_two_processes_equal_one_with_the_same_global_batch(workspace, tmp_path)
     )
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--main_process_port", str(free_port())]
-    completed = subprocess.run(  # the command the docs give (the resume below launches the script instead)
-        launch + ["-m", "albertagpt", "train", "--config", str(config)],
-        cwd=REPO_ROOT,
-        env={**subprocess_env(tmp_path), "ACCELERATE_USE_CPU": "true"},
-        capture_output=True,
-        text=True,
-    )
+
+    def launch_two_processes(*command: str) -> subprocess.CompletedProcess:
+        env = {**subprocess_env(tmp_path), "ACCELERATE_USE_CPU": "true"}
+        return subprocess.run(launch + list(command), cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+
+    # The command the docs give; the resumes below launch the script instead.
+    completed = launch_two_processes("-m", "albertagpt", "train", "--config", str(config))
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert (tmp_path / "two" / "checkpoint-6" / "random_states_1.pkl").is_file()  # a second rank took part
     torch.testing.assert_close(
@@ -321,13 +321,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(workspace, tmp_path)
     # two processes resume from them (into the model inside the DDP wrapper).
     checkpoint = tmp_path / "two" / "checkpoint-6"
     torch.testing.assert_close(fixed_batch_logits(checkpoint), fixed_batch_logits(tmp_path / "two"), rtol=0, atol=0)
-    resumed = subprocess.run(
-        launch + ["scripts/train.py", "--config", str(config), "--resume_from_checkpoint", "latest"],
-        cwd=REPO_ROOT,
-        env={**subprocess_env(tmp_path), "ACCELERATE_USE_CPU": "true"},
-        capture_output=True,
-        text=True,
-    )
+    resumed = launch_two_processes("scripts/train.py", "--config", str(config), "--resume_from_checkpoint", "latest")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from" in resumed.stdout + resumed.stderr
 
@@ -340,13 +334,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(workspace, tmp_path)
     assert sorted(shares[0] + shares[1]) == sorted(sizes) and shares[1]
     damaged = checkpoint / shares[1][0]
     damaged.write_bytes(damaged.read_bytes()[:-1] + bytes([damaged.read_bytes()[-1] ^ 1]))
-    resumed = subprocess.run(
-        launch + ["scripts/train.py", "--config", str(config), "--resume_from_checkpoint", "latest"],
-        cwd=REPO_ROOT,
-        env={**subprocess_env(tmp_path), "ACCELERATE_USE_CPU": "true"},
-        capture_output=True,
-        text=True,
-    )
+    resumed = launch_two_processes("scripts/train.py", "--config", str(config), "--resume_from_checkpoint", "latest")
     assert resumed.returncode != 0
     message = f"checkpoint-6 is damaged: {damaged.name} has other content than when it was written"
     assert resumed.stderr.count(message) >= 2, resumed.stderr[-3000:]  # raised by each process
