@@ -135,7 +135,9 @@ def parse_recipe(
     """`[--config recipe.yaml] [--field value ...]` -> `recipe_type`; `--help` lists every field."""
     config_parser = argparse.ArgumentParser(add_help=False)
     config_parser.add_argument(
-        "--config", help="YAML file with field: value lines, or a shipped recipe's name (tiny); flags override it."
+        "--config",
+        help="YAML file with field: value lines, or a shipped recipe's name (train: tiny, base; sweep: lr_sweep; "
+        "quality: quality); flags override it.",
     )
     known, rest = config_parser.parse_known_args(argv)
 

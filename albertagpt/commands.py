@@ -43,6 +43,16 @@ from .tokenizer import TokenizerRecipe, train_tokenizer_from_source
 from .training import TrainingRecipe, train
 
 Recipe = TypeVar("Recipe")
+Result = TypeVar("Result")
+
+
+def exit_on_bad_input(function: Callable[..., Result], *args) -> Result:
+    """`function(*args)`; the errors that name bad input (a field's value, a missing file) end the process with a
+    one-line error instead of a traceback."""
+    try:
+        return function(*args)
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
 
 
 def parse_recipe_or_exit(recipe_type: type[Recipe], argv: Sequence[str] | None, command: Callable, prog: str | None):
@@ -59,11 +69,11 @@ def train_main(argv: Sequence[str] | None = None, prog: str | None = None) -> No
         albertagpt train --config tiny [--field value ...]
         accelerate launch [--config_file configs/accelerate/X.yaml] -m albertagpt train --config base [...]
 
-    Every field of the recipe can be given in the YAML file (a path, or a shipped recipe's name: tiny, base) and
+    Every field of the recipe can be given in the YAML file (a path, or a shipped training recipe: tiny, base) and
     overridden as `--field value`; `--help` lists them. Resume after a crash with `--resume_from_checkpoint latest`.
     """
 
-    train(parse_recipe_or_exit(TrainingRecipe, argv, train_main, prog))
+    exit_on_bad_input(train, parse_recipe_or_exit(TrainingRecipe, argv, train_main, prog))
 
 
 def train_tokenizer_main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
@@ -149,7 +159,7 @@ def sweep_main(argv: Sequence[str] | None = None, prog: str | None = None) -> No
     """
 
     recipe = parse_recipe_or_exit(SweepRecipe, argv, sweep_main, prog)
-    runs, _ = run_sweep(recipe)
+    runs, _ = exit_on_bad_input(run_sweep, recipe)
     print(format_sweep_report(runs, recipe.tolerance))
     print(f"Wrote sweep.csv, sweep.png and usable_lr.md to {recipe.output_dir}")
 
@@ -168,7 +178,7 @@ def quality_main(argv: Sequence[str] | None = None, prog: str | None = None) -> 
     """
 
     recipe = parse_recipe_or_exit(QualityRecipe, argv, quality_main, prog)
-    runs = run_quality_benchmark(recipe)
+    runs = exit_on_bad_input(run_quality_benchmark, recipe)
     print(format_summary(runs))
     print(f"Wrote {recipe.results_file} and {recipe.plot_file}")
 

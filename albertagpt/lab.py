@@ -225,6 +225,11 @@ def run_sweep(recipe: SweepRecipe) -> tuple[list[SweepRun], list[UsableRange]]:
     """Trains every (depth, variant, warm-up, learning rate, seed) on the same data; writes the CSV, plot and
     table. Runs whose folder holds a finished result of the same recipe are read back instead of trained again."""
     output_dir = Path(recipe.output_dir)
+    if (output_dir / METRICS_FILE).is_file():
+        raise ValueError(
+            f"`output_dir` {str(output_dir)!r} holds a training run; give the sweep a folder of its own "
+            "(`--output_dir`), e.g. the `lr_sweep` recipe's runs/lr_sweep."
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = recipe.tokenizer or str(shared_tokenizer(recipe, output_dir / "tokenizer"))
     base = {item.name: getattr(recipe, item.name) for item in fields(TrainingRecipe)}
@@ -260,6 +265,11 @@ def run_sweep(recipe: SweepRecipe) -> tuple[list[SweepRun], list[UsableRange]]:
 
     for path in recipe.include_csv:  # read before training, so that a missing file is named at once
         included.update((run_key(run), run) for run in read_csv(path))  # a run in two files counts once
+    print(
+        f"Training {len(to_run)} runs ({len(done)} finished earlier are kept); each run writes its log to "
+        f"{output_dir / 'runs'}/<run>/train.log",
+        flush=True,
+    )
     trained = map_in_processes(run_one, [task[1:] for task in to_run], recipe.processes)
     done.update(zip([key for key, *_ in to_run], trained, strict=True))
     runs = [done[key] for key in sorted(done)]

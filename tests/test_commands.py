@@ -147,3 +147,14 @@ def test_the_wheel_runs_the_main_job_from_an_empty_directory(tmp_path: Path) -> 
     assert report["layers"] == json.loads((REPO_ROOT / "configs/model/tiny.json").read_text())["num_hidden_layers"]
     assert report["tokens"] == 3
     assert sorted(path.name for path in workdir.iterdir()) == ["runs"]  # everything went to the recipe's output_dir
+
+
+def test_bad_input_inside_a_command_is_a_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=r"^error: `model_config` 'nope' is neither"):
+        main(["train", "--config", "tiny", "--model_config", "nope"])
+    # A sweep never writes into a training run's folder.
+    (tmp_path / "runs" / "tiny").mkdir(parents=True)
+    (tmp_path / "runs" / "tiny" / "metrics.jsonl").write_text("")
+    with pytest.raises(SystemExit, match=r"^error: `output_dir` 'runs/tiny' holds a training run"):
+        main(["sweep", "--config", "tiny"])
