@@ -141,6 +141,9 @@ def convert_albert_main(argv: Sequence[str] | None = None, prog: str | None = No
     parser.add_argument("--albert", required=True, help="ALBERT folder or Hub id, e.g. albert/albert-base-v2")
     parser.add_argument("--output_dir", required=True, help="where to save the AlbertAGPT model and tokenizer")
     args = parser.parse_args(argv)
+    # A path is not a Hub id: without this, a mistyped folder reaches the Hub and fails with its error.
+    if args.albert.startswith(("/", "./", "../", "~")) and not Path(args.albert).expanduser().is_dir():
+        parser.error(f"--albert {args.albert!r} is no folder (a Hub id reads ORG/NAME)")
     print(f"Saved AlbertAGPT converted from {args.albert} to {convert_albert(args.albert, args.output_dir)}")
 
 

@@ -158,3 +158,9 @@ def test_bad_input_inside_a_command_is_a_one_line_error(tmp_path: Path, monkeypa
     (tmp_path / "runs" / "tiny" / "metrics.jsonl").write_text("")
     with pytest.raises(SystemExit, match=r"^error: `output_dir` 'runs/tiny' holds a training run"):
         main(["sweep", "--config", "tiny"])
+
+
+def test_a_mistyped_albert_folder_is_named_not_looked_up_on_the_hub(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["convert-albert", "--albert", "./no-such-albert", "--output_dir", "out"])
+    assert "--albert './no-such-albert' is no folder" in capsys.readouterr().err
