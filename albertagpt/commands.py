@@ -55,12 +55,11 @@ def exit_on_bad_input(function: Callable[..., Result], *args) -> Result:
         sys.exit(f"error: {error}")
 
 
-def parse_recipe_or_exit(recipe_type: type[Recipe], argv: Sequence[str] | None, command: Callable, prog: str | None):
+def parse_recipe_or_exit(
+    recipe_type: type[Recipe], argv: Sequence[str] | None, command: Callable, prog: str | None
+) -> Recipe:
     """The recipe of a recipe-driven command; a bad recipe or flag ends the process with a one-line error."""
-    try:
-        return parse_recipe(recipe_type, argv, description=command.__doc__, prog=prog)
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+    return exit_on_bad_input(parse_recipe, recipe_type, argv, command.__doc__, prog)
 
 
 def train_main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
@@ -87,10 +86,7 @@ def train_tokenizer_main(argv: Sequence[str] | None = None, prog: str | None = N
     """
 
     recipe = parse_recipe_or_exit(TokenizerRecipe, argv, train_tokenizer_main, prog)
-    try:
-        tokenizer = train_tokenizer_from_source(recipe)
-    except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+    tokenizer = exit_on_bad_input(train_tokenizer_from_source, recipe)
     print(f"Saved a tokenizer with {len(tokenizer)} tokens to {recipe.output_dir}")
 
 
